@@ -1,0 +1,114 @@
+"""Causal self-attention with grouped key/value heads and a KV cache.
+
+One module covers the classic family:
+- MHA (Vaswani et al. 2017): every query head has its own key/value head (``n_kv_heads == n_heads``);
+- GQA (Ainslie et al. 2023): groups of query heads share a key/value head;
+- MQA (Shazeer 2019): all query heads share one key/value head (``n_kv_heads == 1``).
+Fewer key/value heads means a smaller KV cache per token, which is what long contexts pay for.
+An optional ``window`` turns it into sliding-window attention (Beltagy et al. 2020).
+
+Every attention variant in minimoe follows the same contract:
+``__call__(x, cache=None) -> (y, cache)`` and ``init_cache(batch, max_len) -> cache``.
+Without a cache the whole sequence is processed causally. With a cache, the new tokens are
+written at ``cache.pos`` and attend to everything cached before them, so prefill and
+token-by-token decoding are the same code path.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+from .ffn import init_weight
+from .rope import apply_rope, rope_angles
+
+NEG_INF = -1e30  # large negative instead of -inf: a fully masked row stays finite
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the tokens seen so far.
+
+    k, v: [batch, max_len, n_kv_heads, head_dim] (keys already rotated by RoPE);
+    pos: int32 scalar, the number of tokens written so far.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+
+def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None = None) -> jax.Array:
+    """[q, k] boolean mask: query at q_pos may attend to key at k_pos.
+
+    Causal: k_pos <= q_pos. With a window w, also q_pos - k_pos < w (the query sees itself and
+    the w - 1 tokens before it).
+    """
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= k_pos[None, :] > q_pos[:, None] - window
+    return allowed
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v with query heads grouped over shared key/value heads.
+
+    q: [batch, q_len, n_heads, head_dim]; k, v: [batch, k_len, n_kv_heads, head_dim];
+    mask: [q_len, k_len] (True = may attend). Returns [batch, q_len, n_heads, head_dim].
+    """
+    b, s, h, d = q.shape
+    n_kv = k.shape[2]
+    q = q.reshape(b, s, n_kv, h // n_kv, d)  # [batch, q_len, n_kv, group, head_dim]
+    scores = jnp.einsum("bskgd,blkd->bkgsl", q, k).astype(jnp.float32) * d ** -0.5
+    scores = jnp.where(mask[None, None, None], scores, NEG_INF)  # [batch, n_kv, group, q, k]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgsl,blkd->bskgd", probs, v)
+    return out.reshape(b, s, h, d)
+
+
+class Attention(nnx.Module):
+    """Causal multi-head attention with ``n_kv_heads`` key/value heads and RoPE.
+
+    Attributes: ``wq`` [d_model, n_heads*head_dim], ``wk``, ``wv`` [d_model, n_kv_heads*head_dim],
+    ``wo`` [n_heads*head_dim, d_model]; ``window`` (None = full causal attention).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, window: int | None = None):
+        d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
+        self.rope_theta = cfg.rope_theta
+        self.window = window
+        self.wq = nnx.Param(init_weight(rngs.params(), (d, h * hd), d))
+        self.wk = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
+        self.wv = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
+        self.wo = nnx.Param(init_weight(rngs.params(), (h * hd, d), h * hd))
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+        shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    def __call__(self, x: jax.Array, cache: KVCache | None = None):
+        b, s, _ = x.shape
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        q_pos = start + jnp.arange(s)  # [seq]
+        cos, sin = rope_angles(q_pos, self.head_dim, self.rope_theta)
+        q = (x @ self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
+        k = (x @ self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
+        v = (x @ self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            k_pos = q_pos
+        else:  # write the new keys/values at cache.pos, attend over the whole buffer
+            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
+            cache = KVCache(k, v, start + s)
+            k_pos = jnp.arange(k.shape[1])  # unwritten slots lie in the future: masked
+        out = grouped_attention(q, k, v, causal_mask(q_pos, k_pos, self.window))
+        return out.reshape(b, s, -1) @ self.wo[...], cache
+
+    def cache_values_per_token(self) -> int:
+        """Values stored per token per layer: keys and values of every KV head."""
+        return 2 * self.n_kv_heads * self.head_dim

@@ -1,0 +1,37 @@
+"""The SwiGLU feed-forward network (Shazeer 2020, "GLU Variants Improve Transformer").
+
+``FFN(x) = (silu(x W_gate) * (x W_up)) W_down``. A dense layer is one of these; an MoE layer
+holds many small ones stacked along a leading expert axis (see ``experts.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """Normal weights with std 1/sqrt(fan_in), so activations keep unit scale."""
+    return jax.random.normal(key, shape, jnp.float32) * fan_in ** -0.5
+
+
+def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
+    """SwiGLU on the last axis of ``x``.
+
+    x: [..., d_model]; w_gate, w_up: [d_model, d_ff]; w_down: [d_ff, d_model].
+    """
+    h = jax.nn.silu(x @ w_gate) * (x @ w_up)  # [..., d_ff]
+    return h @ w_down  # [..., d_model]
+
+
+class SwiGLU(nnx.Module):
+    """Dense SwiGLU feed-forward. Attributes: ``w_gate``, ``w_up`` [d_model, d_ff], ``w_down``."""
+
+    def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
+        self.w_gate = nnx.Param(init_weight(rngs.params(), (d_model, d_ff), d_model))
+        self.w_up = nnx.Param(init_weight(rngs.params(), (d_model, d_ff), d_model))
+        self.w_down = nnx.Param(init_weight(rngs.params(), (d_ff, d_model), d_ff))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return swiglu(x, self.w_gate[...], self.w_up[...], self.w_down[...])

@@ -1,0 +1,292 @@
+"""Training: optax AdamW, a jitted NNX train step, evaluation, history and checkpoints.
+
+``Trainer`` owns a model, its optimizer, the step counter and a metrics history:
+
+    trainer = Trainer(model, TrainConfig(steps=300), train_data, val_data)
+    trainer.run()                     # progress bar; trainer.history holds the curves
+    trainer.save("ckpt.npz")          # model + optimizer + step, no pickle
+    Trainer.load("ckpt.npz", model, train_data, val_data).run()   # continues exactly
+
+Batch ``i`` depends only on (seed, i), so a resumed run sees the same batches and reaches the
+same losses as an uninterrupted one. MoE layers with aux-loss-free balancing get their router
+bias nudged after every optimizer step from the load they just saw (DeepSeek-V3 §2.1.2); the
+optimizer never touches that bias because it is not an ``nnx.Param``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from .config import ModelConfig
+from .data import Batch, TokenData, eval_batches, get_batch
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes: steps, batch_size, seq_len; lr (peak), warmup_steps (linear warm-up), then
+    cosine decay to ``lr * min_lr_ratio``; weight_decay (AdamW, decoupled); clip_norm (global
+    gradient norm); seed (batches and noise); eval_every, eval_batches (validation cadence).
+    """
+
+    steps: int = 300
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.weight_decay < 0 or self.clip_norm <= 0:
+            raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
+                             f"{self.weight_decay!r} and {self.clip_norm!r}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def make_schedule(tcfg: TrainConfig) -> optax.Schedule:
+    """Linear warm-up from 0 to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, tcfg.lr, tcfg.warmup_steps, tcfg.steps, end_value=tcfg.lr * tcfg.min_lr_ratio)
+
+
+def make_optimizer(model: nnx.Module, tcfg: TrainConfig) -> nnx.Optimizer:
+    """AdamW with global-norm clipping, over the model's ``nnx.Param``s only."""
+    tx = optax.chain(optax.clip_by_global_norm(tcfg.clip_norm),
+                     optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay))
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy [batch, seq] of float32 logits [batch, seq, vocab]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def loss_fn(model, inputs, targets, key=None, train: bool = True):
+    """Mean next-token cross-entropy plus the MoE balancing losses the config enables."""
+    out = model(inputs, train=train, key=key)
+    ce = token_cross_entropy(out.logits, targets).mean()
+    return ce + out.aux_loss, (ce, out)
+
+
+def _moe_metrics(out) -> dict:
+    if not out.moe_stats:
+        return {}
+    return {"load": jnp.stack([s.load for s in out.moe_stats]),  # [n_moe_layers, n_experts]
+            "dropped": jnp.stack([s.dropped_fraction for s in out.moe_stats]),
+            "aux_loss": out.aux_loss}
+
+
+@nnx.jit
+def train_step(model, optimizer, inputs, targets, key):
+    """One AdamW step; then the aux-loss-free bias update of every MoE layer."""
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    (loss, (ce, out)), grads = grad_fn(model, inputs, targets, key)
+    optimizer.update(model, grads)
+    for layer, stats in zip(model.moe_layers(), out.moe_stats):
+        layer.update_bias(stats.load)
+    return {"loss": loss, "ce": ce, "grad_norm": optax.global_norm(grads), **_moe_metrics(out)}
+
+
+@nnx.jit
+def _eval_tokens(model, inputs, targets):
+    out = model(inputs)
+    return token_cross_entropy(out.logits, targets), jnp.argmax(out.logits, -1) == targets
+
+
+def evaluate(model, batches: list[Batch], domain_names: tuple[str, ...]) -> dict:
+    """Validation loss over ``batches``: overall and per domain (mean cross-entropy per token)."""
+    ce_sum = np.zeros(len(domain_names))
+    count = np.zeros(len(domain_names))
+    for b in batches:
+        ce, _ = _eval_tokens(model, jnp.asarray(b.inputs), jnp.asarray(b.targets))
+        ce = np.asarray(ce, np.float64)
+        np.add.at(ce_sum, b.domains, ce)
+        np.add.at(count, b.domains, 1)
+    res = {"val_loss": float(ce_sum.sum() / count.sum())}
+    for i, name in enumerate(domain_names):
+        if count[i]:
+            res[f"val_loss/{name}"] = float(ce_sum[i] / count[i])
+    return res
+
+
+def exact_match(model, docs, batch_size: int = 128) -> float:
+    """Fraction of documents whose whole answer the model predicts (teacher-forced argmax)."""
+    from .data import answer_batch
+
+    docs = [d for d in docs if d.answer]
+    if not docs:
+        raise ValueError("exact_match needs documents with answers; this domain has none")
+    hits = 0
+    for i in range(0, len(docs), batch_size):
+        b = answer_batch(docs[i:i + batch_size])
+        _, correct = _eval_tokens(model, jnp.asarray(b.inputs), jnp.asarray(b.targets))
+        ok = np.where(b.answer, np.asarray(correct), True).all(axis=1)
+        hits += int(ok.sum())
+    return hits / len(docs)
+
+
+@dataclass
+class History:
+    """Metrics per step: ``train`` rows (step, loss, ...) and ``val`` rows (step, val_loss, ...)."""
+
+    train: list = field(default_factory=list)
+    val: list = field(default_factory=list)
+
+    def series(self, key: str, which: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        rows = [r for r in getattr(self, which) if key in r]
+        return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows])
+
+
+class Trainer:
+    """Model + optimizer + step + history. See the module docstring for a tour."""
+
+    def __init__(self, model: nnx.Module, tcfg: TrainConfig, train_data: TokenData,
+                 val_data: TokenData | None = None):
+        self.model, self.tcfg = model, tcfg
+        self.train_data, self.val_data = train_data, val_data
+        self.optimizer = make_optimizer(model, tcfg)
+        self.step = 0
+        self.history = History()
+        self._key = jax.random.key(tcfg.seed)
+        self._val = None if val_data is None else eval_batches(
+            val_data, tcfg.batch_size, tcfg.seq_len, tcfg.eval_batches)
+
+    def evaluate(self) -> dict:
+        if self._val is None:
+            raise ValueError("this Trainer has no validation data (val_data=None)")
+        return evaluate(self.model, self._val, self.val_data.domain_names)
+
+    def run(self, until: int | None = None, *, progress: bool = True) -> History:
+        """Train until step ``until`` (default ``tcfg.steps``), evaluating every ``eval_every``."""
+        from tqdm.auto import tqdm
+
+        until = self.tcfg.steps if until is None else until
+        if until > self.tcfg.steps:
+            raise ValueError(f"until={until} is beyond the schedule's steps={self.tcfg.steps}")
+        t = self.tcfg
+        bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", leave=False)
+        while self.step < until:
+            b = get_batch(self.train_data, t.batch_size, t.seq_len, t.seed, self.step)
+            m = train_step(self.model, self.optimizer, jnp.asarray(b.inputs),
+                           jnp.asarray(b.targets), jax.random.fold_in(self._key, self.step))
+            self.step += 1
+            row = {"step": self.step, "loss": float(m["loss"]), "ce": float(m["ce"]),
+                   "grad_norm": float(m["grad_norm"])}
+            if "load" in m:
+                row.update(load=np.asarray(m["load"]), dropped=np.asarray(m["dropped"]),
+                           aux_loss=float(m["aux_loss"]))
+            if not np.isfinite(row["loss"]):
+                raise FloatingPointError(f"loss became {row['loss']} at step {self.step}")
+            self.history.train.append(row)
+            if self._val is not None and (self.step % t.eval_every == 0 or self.step == until):
+                self.history.val.append({"step": self.step, **self.evaluate()})
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{self.history.val[-1]['val_loss']:.3f}")
+            bar.update(1)
+        bar.close()
+        return self.history
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, path) -> Path:
+        """Write model + optimizer state + step as a ``.npz`` of plain arrays (no pickle)."""
+        path = Path(path)
+        arrays = {}
+        for prefix, obj in (("model", self.model), ("optimizer", self.optimizer)):
+            for name, leaf in _flat(obj):
+                arrays[f"{prefix}/{name}"] = np.asarray(jax.device_get(leaf))
+        meta = {"format": CHECKPOINT_FORMAT, "step": self.step,
+                "model_config": self.model.cfg.to_dict(),
+                "train_config": dataclasses.asdict(self.tcfg)}
+        arrays["meta"] = np.array(json.dumps(meta))
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path, model: nnx.Module, train_data: TokenData,
+             val_data: TokenData | None = None) -> "Trainer":
+        """A Trainer continuing a saved run: ``model`` is filled in place with the saved state.
+
+        The model must have been built with the saved config (checked). Loading never
+        executes code: arrays are read with ``allow_pickle=False``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"checkpoint {str(path)!r} is not a minimoe checkpoint: {e}") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {meta.get('format')!r} is not supported "
+                             f"(expected {CHECKPOINT_FORMAT})")
+        saved_cfg = ModelConfig.from_dict(meta["model_config"])
+        if saved_cfg != model.cfg:
+            raise ValueError(f"checkpoint was saved from a different ModelConfig: {saved_cfg}")
+        trainer = cls(model, TrainConfig(**meta["train_config"]), train_data, val_data)
+        for prefix, obj in (("model", trainer.model), ("optimizer", trainer.optimizer)):
+            _restore(obj, {k[len(prefix) + 1:]: v for k, v in arrays.items()
+                           if k.startswith(prefix + "/")}, path)
+        trainer.step = int(meta["step"])
+        return trainer
+
+
+def _key_str(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat(obj):
+    pure = nnx.state(obj).to_pure_dict()
+    leaves, _ = jax.tree_util.tree_flatten_with_path(pure)
+    return [("/".join(_key_str(k) for k in p), leaf) for p, leaf in leaves]
+
+
+def _restore(obj, arrays: dict, path) -> None:
+    state = nnx.state(obj)
+    pure = state.to_pure_dict()
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
+    new = []
+    for p, leaf in leaves:
+        name = "/".join(_key_str(k) for k in p)
+        if name not in arrays:
+            raise ValueError(f"checkpoint {str(path)!r} lacks array {name!r}")
+        a = arrays[name]
+        if a.shape != np.shape(leaf):
+            raise ValueError(f"checkpoint array {name!r} has shape {a.shape}, "
+                             f"the model expects {np.shape(leaf)}")
+        new.append(jnp.asarray(a, dtype=jnp.asarray(leaf).dtype))
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, new))
+    nnx.update(obj, state)
