@@ -1,0 +1,96 @@
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minimoe.config import MoEConfig
+from minimoe.data import CorpusConfig, course_corpus, generate_documents
+from minimoe.model import Transformer
+from minimoe.train import TrainConfig, Trainer, exact_match
+
+from minimoe.config import ModelConfig
+
+TINY = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
+
+DATA = course_corpus(CorpusConfig(n_tokens=30_000))
+TCFG = TrainConfig(steps=12, batch_size=4, seq_len=32, warmup_steps=2, eval_every=6,
+                   eval_batches=1)
+
+
+def run(cfg=TINY, tcfg=TCFG, until=None):
+    t = Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), tcfg, *DATA)
+    t.run(until, progress=False)
+    return t
+
+
+def losses(t):
+    return [r["loss"] for r in t.history.train]
+
+
+def test_same_seed_same_losses_and_loss_falls():
+    a, b = run(), run()
+    assert losses(a) == losses(b)
+    assert losses(a)[-1] < losses(a)[0] - 0.3
+    assert run(tcfg=TCFG.replace(seed=1)).history.train[0]["loss"] != losses(a)[0]
+    assert [r["step"] for r in a.history.val] == [6, 12]
+    per_domain = [k for k in a.history.val[-1] if k.startswith("val_loss/")]
+    assert "val_loss" in a.history.val[-1] and len(per_domain) >= 3
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    full = run()
+    half = run(until=6)
+    path = half.save(tmp_path / "ckpt.npz")
+    resumed = Trainer.load(path, Transformer(TINY, rngs=nnx.Rngs(123)), *DATA)
+    assert resumed.step == 6
+    resumed.run(progress=False)
+    assert [r["loss"] for r in resumed.history.train] == losses(full)[6:]
+
+
+def test_resume_moe_with_bias_balancing(tmp_path):
+    cfg = TINY.replace(moe=MoEConfig(n_experts=4, top_k=2, d_expert=16, router="deepseek_v3",
+                                     bias_update_rate=0.01))
+    full = run(cfg)
+    half = run(cfg, until=6)
+    resumed = Trainer.load(half.save(tmp_path / "moe.npz"), Transformer(cfg, rngs=nnx.Rngs(9)), *DATA)
+    resumed.run(progress=False)
+    assert [r["loss"] for r in resumed.history.train] == losses(full)[6:]
+
+
+def test_checkpoint_errors(tmp_path):
+    t = run(until=2)
+    path = t.save(tmp_path / "c.npz")
+    other = TINY.replace(d_ff=32)
+    with pytest.raises(ValueError, match="different ModelConfig"):
+        Trainer.load(path, Transformer(other, rngs=nnx.Rngs(0)), *DATA)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer.load(tmp_path / "missing.npz", t.model, *DATA)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="is not a minimoe checkpoint"):
+        Trainer.load(bad, t.model, *DATA)
+    # an object array would need pickle to load: refused
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, meta=np.array(json.dumps({"format": 1})), x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="is not a minimoe checkpoint"):
+        Trainer.load(evil, t.model, *DATA)
+
+
+def test_exact_match_counts_whole_answers():
+    t = run(until=2)
+    docs = generate_documents(CorpusConfig(n_tokens=30_000), 20, domain="arithmetic")
+    acc = exact_match(t.model, docs)
+    assert 0.0 <= acc <= 1.0
+    with pytest.raises(ValueError, match="has none"):
+        exact_match(t.model, generate_documents(CorpusConfig(n_tokens=30_000), 3, domain="grammar"))
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match=r"steps must be a positive integer, got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match=r"warmup_steps must be in \[0, steps=10\)"):
+        TrainConfig(steps=10, warmup_steps=10)
+    with pytest.raises(ValueError, match=r"lr must be > 0"):
+        TrainConfig(lr=0.0)
