@@ -1,0 +1,54 @@
+# minimoe: the two commands of the README are `make course` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+COLAB_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12))
+COLAB_VENV ?= .venv-colab
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=600
+
+.PHONY: course install test unit nbval notebooks colab-check bench lock clean
+
+$(BIN)/.installed: requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-lock.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed  ## the pinned stack in .venv
+
+course: install  ## install everything and open the course in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+test: install  ## the whole suite: unit tests + nbval over every notebook
+	$(BIN)/python -m pytest tests $(NBVAL) $(NOTEBOOKS)
+
+unit: install
+	$(BIN)/python -m pytest tests
+
+nbval: install
+	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
+
+notebooks: install  ## re-execute every notebook in place: how stored outputs are refreshed
+	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
+
+colab-check:  ## unit tests + every notebook executed (no output comparison) on Colab's stack
+	@test -n "$(COLAB_PYTHON)" || (echo "colab-check needs Python 3.12 (set COLAB_PYTHON)"; exit 1)
+	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/pip install -q -r requirements-colab.txt
+	$(COLAB_VENV)/bin/pip install -q --no-deps -e .
+	$(COLAB_VENV)/bin/python -c "import jax, flax, optax; print('Colab stack:', jax.__version__, flax.__version__, optax.__version__)"
+	$(COLAB_VENV)/bin/python -m pytest tests --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
+
+bench: install  ## the performance benchmark (prints a table)
+	$(BIN)/python -m minimoe.bench
+
+lock: install
+	$(BIN)/pip freeze --exclude-editable | grep -v minimoe > requirements-lock.tmp
+	(echo "# The exact stack stored notebook outputs are generated and checked with (Python 3.11)."; \
+	 echo "# Regenerate: make lock"; cat requirements-lock.tmp) > requirements-lock.txt; rm requirements-lock.tmp
+
+clean:
+	rm -rf $(VENV) $(COLAB_VENV)
