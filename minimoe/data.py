@@ -135,10 +135,11 @@ def make_document(domain: str, rng: np.random.Generator, *, facts=None,
             s = f"{subj} {_IVERB[rng.integers(len(_IVERB))]} in the {_PLACE[rng.integers(len(_PLACE))]}"
         return Document(domain, s + ".", "")
     if domain == "recall":
-        keys = set()
+        keys = []  # a list, not a set: set order depends on the interpreter's hash seed
         while len(keys) < recall_pairs:
-            keys.add("".join(rng.choice(list(_LETTERS), size=2)))
-        keys = sorted(keys, key=lambda _: rng.random())
+            k = "".join(rng.choice(list(_LETTERS), size=2))
+            if k not in keys:
+                keys.append(k)
         vals = ["".join(rng.choice(list(_LETTERS), size=2)) for _ in keys]
         q = int(rng.integers(len(keys)))
         body = ",".join(f"{k}={v}" for k, v in zip(keys, vals))

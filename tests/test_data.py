@@ -117,3 +117,14 @@ def test_missing_file_and_directory(tmp_path):
         load_text_file(tmp_path / "nope.txt")
     with pytest.raises(ValueError, match=r"is not a regular file"):
         load_text_file(tmp_path)
+
+
+def test_corpus_does_not_depend_on_the_interpreters_hash_seed():
+    import subprocess
+    import sys
+
+    code = ("from minimoe.data import CorpusConfig, build_split; import hashlib; "
+            "print(hashlib.sha256(build_split(CorpusConfig(n_tokens=5000), 'train').tokens.tobytes()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
+    assert len(outs) == 1
