@@ -5,7 +5,10 @@ One module covers the classic family:
 - GQA (Ainslie et al. 2023): groups of query heads share a key/value head;
 - MQA (Shazeer 2019): all query heads share one key/value head (``n_kv_heads == 1``).
 Fewer key/value heads means a smaller KV cache per token, which is what long contexts pay for.
-An optional ``window`` turns it into sliding-window attention (Beltagy et al. 2020).
+An optional ``window`` turns it into sliding-window attention (Beltagy et al. 2020, Longformer;
+Mistral 7B, Jiang et al. 2023): a query sees itself and the ``window - 1`` tokens before it, so
+its cache is a ring buffer of ``window`` slots (written at ``pos % window``) instead of
+``max_len`` slots, and the memory of a long context stops growing once it passes the window.
 
 Every attention variant in minimoe follows the same contract:
 ``__call__(x, cache=None) -> (y, cache)`` and ``init_cache(batch, max_len) -> cache``.
@@ -32,7 +35,10 @@ NEG_INF = -1e30  # large negative instead of -inf: a fully masked row stays fini
 class KVCache(NamedTuple):
     """Keys and values of the tokens seen so far.
 
-    k, v: [batch, max_len, n_kv_heads, head_dim] (keys already rotated by RoPE);
+    k, v: [batch, slots, n_kv_heads, head_dim] (keys already rotated by RoPE). ``slots`` is
+    ``max_len`` for full attention; for sliding-window attention it is ``min(window, max_len)``
+    and the buffer is a ring: absolute position p lives in slot ``p % slots`` (see
+    ``ring_positions``).
     pos: int32 scalar, the number of tokens written so far.
     """
 
@@ -51,6 +57,26 @@ def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None = None) -
     if window is not None:
         allowed &= k_pos[None, :] > q_pos[:, None] - window
     return allowed
+
+
+def ring_positions(pos: jax.Array, slots: int) -> jax.Array:
+    """[slots] absolute position held by each ring-buffer slot after ``pos`` writes; -1 if empty.
+
+    Position p is written to slot ``p % slots``, so slot i holds the latest p < pos with
+    p = i (mod slots): ``p = pos - 1 - ((pos - 1 - i) mod slots)``. Nothing needs storing.
+    """
+    i = jnp.arange(slots)
+    p = pos - 1 - jnp.mod(pos - 1 - i, slots)
+    return jnp.where(p >= 0, p, -1)
+
+
+def ring_write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write ``new`` [batch, seq, ...] (absolute positions start .. start+seq-1) into the ring
+    ``buf`` [batch, slots, ...]. Only the last ``slots`` of a longer chunk survive."""
+    slots, s = buf.shape[1], new.shape[1]
+    m = min(slots, s)  # static: how many of the new tokens are kept
+    idx = jnp.mod(start + s - m + jnp.arange(m), slots)  # distinct slots, no write collides
+    return buf.at[:, idx].set(new[:, s - m:].astype(buf.dtype))
 
 
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -87,7 +113,9 @@ class Attention(nnx.Module):
         self.wo = nnx.Param(init_weight(rngs.params(), (h * hd, d), h * hd))
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
-        shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
+        """Empty cache for ``max_len`` tokens; with a window, a ring of ``min(window, max_len)``."""
+        slots = max_len if self.window is None else min(self.window, max_len)
+        shape = (batch_size, slots, self.n_kv_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None):
@@ -99,14 +127,27 @@ class Attention(nnx.Module):
         k = (x @ self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
         v = (x @ self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        valid = None
         if cache is None:
             k_pos = q_pos
-        else:  # write the new keys/values at cache.pos, attend over the whole buffer
+        elif self.window is None:  # write the new keys/values at cache.pos, attend over the buffer
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
             cache = KVCache(k, v, start + s)
             k_pos = jnp.arange(k.shape[1])  # unwritten slots lie in the future: masked
-        out = grouped_attention(q, k, v, causal_mask(q_pos, k_pos, self.window))
+        else:  # ring buffer: attend over [ring (older tokens); this chunk], keep the last slots
+            ring_pos = ring_positions(start, cache.k.shape[1])  # [slots], -1 = empty
+            k_pos = jnp.concatenate([ring_pos, q_pos])  # [slots + seq]
+            valid = k_pos >= 0
+            new_cache = KVCache(ring_write(cache.k, k, start), ring_write(cache.v, v, start),
+                                start + s)
+            k = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)  # [b, slots+seq, ..]
+            v = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
+            cache = new_cache
+        mask = causal_mask(q_pos, k_pos, self.window)  # [seq, keys]
+        if valid is not None:
+            mask &= valid[None, :]
+        out = grouped_attention(q, k, v, mask)
         return out.reshape(b, s, -1) @ self.wo[...], cache
 
     def cache_values_per_token(self) -> int:

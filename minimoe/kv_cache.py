@@ -1,0 +1,73 @@
+"""How big the KV cache is, per attention variant: from the config, and from a built cache.
+
+Decoding a token reads the cache of every earlier token in every layer, so its size decides
+how long a context fits in memory and how fast decoding can go. Values stored per token per
+layer:
+
+    gqa (MHA, GQA, MQA)  2 * n_kv_heads * head_dim            keys and values of every KV head
+    sliding              2 * n_kv_heads * head_dim            ... but only the last `window` tokens
+    mla                  kv_lora_rank + qk_rope_head_dim      one latent + one shared rope key
+    sparse               2 * n_kv_heads * head_dim + index_head_dim   K/V plus the indexer key
+
+Top-k sparse attention *reads* only ``sparse_top_k`` tokens' K/V per step but still *stores* all
+of them (any one may be picked later), plus the indexer keys it scans every step.
+``cache_nbytes`` measures a real cache, so the formulas are tested against the arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .config import ModelConfig
+
+
+def cache_values_per_token(cfg: ModelConfig) -> int:
+    """Values one token adds to the cache of ONE layer (see the table above)."""
+    kv = 2 * cfg.kv_heads * cfg.head_dim
+    if cfg.attention in ("gqa", "sliding"):
+        return kv
+    if cfg.attention == "mla":
+        return cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    if cfg.attention == "sparse":
+        return kv + cfg.index_head_dim
+    raise ValueError(f"unknown attention {cfg.attention!r}")
+
+
+def kv_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 4, per_layer: bool = False) -> int:
+    """Cache bytes one token costs: in the whole model (all ``n_layers``), or in one layer.
+
+    bytes_per_value: 4 for float32, 2 for bfloat16, 1 for fp8. For ``sliding`` this is the cost
+    of a token while it is inside the window; the total stops growing at the window
+    (``kv_cache_bytes``).
+    """
+    layers = 1 if per_layer else cfg.n_layers
+    return layers * cache_values_per_token(cfg) * bytes_per_value
+
+
+def cache_slots(cfg: ModelConfig, context_len: int) -> int:
+    """Token slots a cache for ``context_len`` tokens holds: the window caps a sliding cache."""
+    if cfg.attention == "sliding":
+        return min(context_len, cfg.sliding_window)
+    return context_len
+
+
+def kv_cache_bytes(cfg: ModelConfig, context_len: int, batch: int = 1,
+                   bytes_per_value: int = 4) -> int:
+    """Bytes of the whole model's cache for ``batch`` sequences of ``context_len`` tokens.
+
+    Equals ``cache_nbytes(model.init_cache(batch, context_len))`` at matching precision.
+    """
+    return batch * cache_slots(cfg, context_len) * kv_bytes_per_token(cfg, bytes_per_value)
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes of the arrays of a built cache: one layer's (a NamedTuple) or a model's (a tuple
+    of them). The ``pos`` counters are bookkeeping, not cache, and are left out."""
+    if hasattr(cache, "_fields"):  # one layer's NamedTuple cache
+        return sum(cache_nbytes(getattr(cache, f)) for f in cache._fields if f != "pos")
+    if isinstance(cache, (tuple, list)):
+        return sum(cache_nbytes(c) for c in cache)
+    if isinstance(cache, dict):
+        return sum(cache_nbytes(c) for c in cache.values())
+    leaves = jax.tree_util.tree_leaves(cache)
+    return sum(x.size * x.dtype.itemsize for x in leaves)

@@ -1,0 +1,245 @@
+"""Attention variants: MHA/GQA/MQA, sliding window (ring buffer), MLA (naive and absorbed),
+top-k sparse attention; their caches, KV-cache accounting and parameter/FLOP counts.
+
+Shapes are tiny and calls are jitted (a few compiles per variant) to keep the file fast.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minimoe import kv_cache
+from minimoe.accounting import attention_flops_per_token, count_params, param_counts
+from minimoe.attention import Attention, KVCache, ring_positions
+from minimoe.config import ModelConfig
+from minimoe.mla import MLACache, MLAttention, mla_decode_flops_per_token
+from minimoe.model import Transformer, make_attention
+from minimoe.sparse_attention import SparseAttention, SparseKVCache
+
+BASE = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                   max_seq_len=32, index_n_heads=2, index_head_dim=8)
+SEQ, PREFILL, MAX_LEN = 9, 4, 12
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+VARIANTS = {  # name -> (config, absorb)
+    "mha": (BASE.replace(n_kv_heads=None), None),
+    "gqa": (BASE, None),
+    "mqa": (BASE.replace(n_kv_heads=1), None),
+    "sliding": (BASE.replace(attention="sliding", sliding_window=3), None),  # window < PREFILL
+    "mla_naive": (BASE.replace(attention="mla"), False),
+    "mla_absorbed": (BASE.replace(attention="mla", q_lora_rank=8), True),
+    "sparse": (BASE.replace(attention="sparse", sparse_top_k=3), None),
+}
+
+
+@nnx.jit
+def _call(module, x, cache):
+    return module(x, cache)
+
+
+def _build(name):
+    cfg, absorb = VARIANTS[name]
+    m = make_attention(cfg, rngs=nnx.Rngs(0))
+    if absorb is not None:
+        m.absorb = absorb
+    return m
+
+
+def _x(seq=SEQ, seed=1):
+    return jax.random.normal(jax.random.key(seed), (2, seq, BASE.d_model))
+
+
+def _decode(module, x, prefill):
+    """Outputs of a prefill of ``prefill`` tokens then one token at a time, and the last cache."""
+    cache = module.init_cache(x.shape[0], MAX_LEN)
+    ys = []
+    if prefill:
+        y, cache = _call(module, x[:, :prefill], cache)
+        ys.append(y)
+    for t in range(prefill, x.shape[1]):
+        y, cache = _call(module, x[:, t:t + 1], cache)
+        ys.append(y)
+    return jnp.concatenate(ys, axis=1), cache
+
+
+# --- every variant: incremental decoding == full forward pass -------------------------------
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_decode_equals_full_forward(name):
+    m, x = _build(name), _x()
+    full, none_cache = _call(m, x, None)
+    assert none_cache is None and full.shape == x.shape
+    for prefill in (PREFILL, 0):  # prefill-then-decode, and token by token from the start
+        y, cache = _decode(m, x, prefill)
+        np.testing.assert_allclose(y, full, **TOL)
+        assert int(cache.pos) == SEQ
+
+
+@pytest.mark.parametrize("name", ["sliding", "mla_naive", "sparse"])
+def test_causal_future_tokens_do_not_change_the_past(name):
+    m, x = _build(name), _x()
+    x2 = x.at[:, 5:].set(_x(seed=7)[:, 5:])
+    y, y2 = _call(m, x, None)[0], _call(m, x2, None)[0]
+    np.testing.assert_allclose(y[:, :5], y2[:, :5], **TOL)
+    assert not np.allclose(y[:, 5:], y2[:, 5:])
+
+
+def test_transformer_decode_equals_full_forward_for_every_variant():
+    tokens = jax.random.randint(jax.random.key(0), (2, 7), 0, BASE.vocab_size)
+
+    @nnx.jit
+    def lm(model, t, c):
+        out = model(t, c)
+        return out.logits, out.cache
+
+    for name in ("gqa", "sliding", "mla_absorbed", "sparse"):
+        cfg, absorb = VARIANTS[name]
+        model = Transformer(cfg.replace(n_layers=1), rngs=nnx.Rngs(0))
+        if absorb:
+            for block in model.blocks:
+                block.attn.absorb = True
+        full = lm(model, tokens, None)[0]
+        logits, cache = lm(model, tokens[:, :4], model.init_cache(2, 10))
+        steps = [logits]
+        for t in range(4, tokens.shape[1]):
+            logits, cache = lm(model, tokens[:, t:t + 1], cache)
+            steps.append(logits)
+        np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-4, rtol=1e-4,
+                                   err_msg=name)
+
+
+# --- sliding window: a ring buffer of `window` slots -----------------------------------------
+
+def test_sliding_cache_is_a_ring_of_window_slots():
+    m = _build("sliding")
+    assert m.init_cache(2, MAX_LEN).k.shape == (2, 3, BASE.kv_heads, BASE.head_dim)
+    assert m.init_cache(2, 2).k.shape[1] == 2  # never more slots than max_len
+    _, cache = _decode(m, _x(), PREFILL)
+    # after 9 tokens the ring holds positions 6, 7, 8 in slots 0, 1, 2 (p % 3)
+    np.testing.assert_array_equal(ring_positions(cache.pos, 3), [6, 7, 8])
+    np.testing.assert_array_equal(ring_positions(jnp.int32(2), 3), [0, 1, -1])  # -1: empty
+    np.testing.assert_array_equal(ring_positions(jnp.int32(4), 3), [3, 1, 2])
+
+
+def test_full_attention_cache_unchanged_without_window():
+    m = _build("gqa")
+    cache = m.init_cache(2, MAX_LEN)
+    assert isinstance(cache, KVCache) and cache.k.shape == (2, MAX_LEN, 2, BASE.head_dim)
+
+
+# --- MLA -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("q_lora_rank", [None, 8])
+def test_mla_absorbed_equals_naive(q_lora_rank):
+    m = MLAttention(BASE.replace(attention="mla", q_lora_rank=q_lora_rank), rngs=nnx.Rngs(3))
+    x = _x()
+    naive = _call(m, x, None)[0]
+    m.absorb = True
+    np.testing.assert_allclose(_call(m, x, None)[0], naive, **TOL)
+
+
+def test_mla_caches_only_the_latent_and_rope_key():
+    cfg = VARIANTS["mla_naive"][0]
+    m = _build("mla_naive")
+    cache = m.init_cache(2, MAX_LEN)
+    assert isinstance(cache, MLACache) and cache._fields == ("latent", "k_rope", "pos")
+    assert cache.latent.shape == (2, MAX_LEN, cfg.kv_lora_rank)
+    assert cache.k_rope.shape == (2, MAX_LEN, cfg.qk_rope_head_dim)
+    assert hasattr(m, "wq") and not hasattr(m, "w_dq")  # q_lora_rank None: full-rank queries
+    low_rank = _build("mla_absorbed")  # q_lora_rank set
+    assert hasattr(low_rank, "w_dq") and hasattr(low_rank, "q_norm") and not hasattr(low_rank, "wq")
+
+
+# --- sparse attention ------------------------------------------------------------------------
+
+def test_sparse_with_large_top_k_equals_full_causal_attention():
+    cfg = VARIANTS["sparse"][0].replace(sparse_top_k=SEQ)
+    sparse, dense = SparseAttention(cfg, rngs=nnx.Rngs(0)), Attention(cfg, rngs=nnx.Rngs(0))
+    for w in ("wq", "wk", "wv", "wo"):  # same seed, same creation order: same weights
+        np.testing.assert_array_equal(getattr(sparse, w)[...], getattr(dense, w)[...])
+    x = _x()
+    full = _call(dense, x, None)[0]
+    np.testing.assert_allclose(_call(sparse, x, None)[0], full, **TOL)
+    sparse.top_k = 2
+    assert not np.allclose(_call(sparse, x, None)[0], full, atol=1e-3)  # top-2 really is sparse
+
+
+def test_sparse_indexer_gets_gradients_through_the_straight_through_bias():
+    m = _build("sparse")
+    x = _x()
+
+    def loss(model):
+        return jnp.sum(model(x)[0] ** 2)
+
+    grads = nnx.jit(nnx.grad(loss))(m)
+    for name in ("wq_index", "wk_index", "w_index", "wq"):
+        g = getattr(grads, name)[...]
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, name
+
+
+def test_sparse_cache_holds_kv_and_indexer_keys():
+    cache = _build("sparse").init_cache(2, MAX_LEN)
+    assert isinstance(cache, SparseKVCache)
+    assert cache.index_k.shape == (2, MAX_LEN, BASE.index_head_dim)
+
+
+# --- KV-cache accounting: formulas == the arrays of built caches ------------------------------
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_kv_cache_formulas_match_built_caches(name):
+    cfg = VARIANTS[name][0]
+    m = _build(name)
+    assert kv_cache.cache_values_per_token(cfg) == m.cache_values_per_token()
+    for dtype, nbytes in ((jnp.float32, 4), (jnp.bfloat16, 2)):
+        layer = m.init_cache(3, MAX_LEN, dtype)
+        slots = kv_cache.cache_slots(cfg, MAX_LEN)
+        assert kv_cache.cache_nbytes(layer) == \
+            3 * slots * kv_cache.kv_bytes_per_token(cfg, nbytes, per_layer=True)
+    model_cache = Transformer(cfg, rngs=nnx.Rngs(0)).init_cache(3, 20)
+    assert kv_cache.cache_nbytes(model_cache) == kv_cache.kv_cache_bytes(cfg, 20, batch=3)
+
+
+def test_kv_cache_per_token_values_per_variant():
+    c = BASE  # d_model 32, 4 heads of 8, 2 KV heads
+    assert kv_cache.cache_values_per_token(c.replace(n_kv_heads=None)) == 2 * 4 * 8
+    assert kv_cache.cache_values_per_token(c) == 2 * 2 * 8
+    assert kv_cache.cache_values_per_token(c.replace(n_kv_heads=1)) == 2 * 8
+    assert kv_cache.cache_values_per_token(c.replace(attention="mla")) == 32 + 8
+    assert kv_cache.cache_values_per_token(c.replace(attention="sparse", sparse_top_k=4)) == 32 + 8
+    v3 = ModelConfig(d_model=7168, n_heads=128, n_layers=61, attention="mla", kv_lora_rank=512,
+                     qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=1536)
+    assert kv_cache.cache_values_per_token(v3) == 576  # DeepSeek-V3: 512 + 64 per layer
+    assert kv_cache.kv_bytes_per_token(v3, 2) == 61 * 576 * 2
+    sliding = c.replace(attention="sliding", sliding_window=16)
+    assert kv_cache.kv_cache_bytes(sliding, 1_000_000) == kv_cache.kv_cache_bytes(sliding, 16)
+    assert kv_cache.kv_cache_bytes(c, 1000) == 1000 * kv_cache.kv_bytes_per_token(c)
+
+
+# --- parameter and FLOP accounting ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["mla_naive", "mla_absorbed", "sparse", "sliding"])
+def test_param_counts_match_built_attention(name):
+    cfg = VARIANTS[name][0]
+    per_layer = param_counts(cfg.replace(n_layers=1))["attention"]
+    assert count_params(_build(name)) == per_layer
+
+
+def test_attention_flops_mla_and_sparse():
+    mla = VARIANTS["mla_naive"][0]
+    # per key and head: scores over qk_nope + qk_rope channels, weighted sum over v_head_dim
+    per_key = mla.n_heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim)
+    assert attention_flops_per_token(mla, 100) == 2 * mla.n_layers * 100 * per_key
+    # what each decode path of MLAttention really costs; absorption wins at long context
+    naive, absorbed = (mla_decode_flops_per_token(mla, 1000, a) for a in (False, True))
+    assert naive > attention_flops_per_token(mla, 1000) and absorbed < naive
+    h, c, r = mla.n_heads, mla.kv_lora_rank, mla.qk_rope_head_dim
+    grow = mla_decode_flops_per_token(mla, 11, True) - mla_decode_flops_per_token(mla, 10, True)
+    assert grow == 2 * mla.n_layers * h * (2 * c + r)  # per extra cached token
+    sp = VARIANTS["sparse"][0]  # top_k = 3
+    dense = attention_flops_per_token(BASE, 3)
+    indexer = 2 * sp.n_layers * sp.index_n_heads * sp.index_head_dim
+    assert attention_flops_per_token(sp, 3) == dense + 3 * indexer
+    assert attention_flops_per_token(sp, 1000) == dense + 1000 * indexer  # only the indexer grows
+    assert attention_flops_per_token(sp, 1000) < attention_flops_per_token(BASE, 1000)
