@@ -21,8 +21,9 @@ install: $(BIN)/.installed  ## the pinned stack in .venv
 course: install  ## install everything and open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/
 
-test: install  ## the whole suite: unit tests + nbval over every notebook
-	$(BIN)/python -m pytest tests $(NBVAL) $(NOTEBOOKS)
+test: install  ## the whole suite: unit tests, then nbval over every notebook
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 unit: install
 	$(BIN)/python -m pytest tests
@@ -40,7 +41,8 @@ colab-check:  ## unit tests + every notebook executed (no output comparison) on 
 	$(COLAB_VENV)/bin/pip install -q -r requirements-colab.txt
 	$(COLAB_VENV)/bin/pip install -q --no-deps -e .
 	$(COLAB_VENV)/bin/python -c "import jax, flax, optax; print('Colab stack:', jax.__version__, flax.__version__, optax.__version__)"
-	$(COLAB_VENV)/bin/python -m pytest tests --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
+	$(COLAB_VENV)/bin/python -m pytest tests
+	$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
 
 bench: install  ## the performance benchmark (prints a table)
 	$(BIN)/python -m minimoe.bench

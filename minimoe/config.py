@@ -44,7 +44,8 @@ class MoEConfig:
         d_shared: hidden size of one shared expert (defaults to ``d_expert``).
         router: scoring/selection rule, one of ``ROUTERS``.
         renormalize: rescale the selected weights to sum to one (softmax routers).
-        routed_scaling_factor: multiplier on the routed output (DeepSeek-V3 ``route_scale``).
+        routed_scaling_factor: multiplier on the routed experts' weights, for every router
+            (DeepSeek-V3 ``route_scale``; 2.5 there, 1.0 elsewhere).
         n_group, topk_group: group-limited routing (DeepSeek-V3): experts are split into
             ``n_group`` groups and a token may only pick experts from its ``topk_group`` best.
         router_noise_std: std of the logit noise of ``noisy_topk`` (training only).
@@ -98,6 +99,9 @@ class MoEConfig:
         if self.topk_group > self.n_group:
             raise ValueError(
                 f"topk_group must be <= n_group ({self.n_group}), got topk_group={self.topk_group}")
+        if self.n_group > 1 and self.router not in ("deepseek_v3", "deepseek_v4"):
+            raise ValueError(f"group-limited routing (n_group={self.n_group}) needs router "
+                             f"'deepseek_v3' or 'deepseek_v4', got router={self.router!r}")
         if self.n_group > 1 and self.topk_group * (self.n_experts // self.n_group) < self.top_k:
             raise ValueError(
                 f"topk_group={self.topk_group} groups of {self.n_experts // self.n_group} experts "

@@ -70,8 +70,10 @@ __all__ = [
     "decode_step",
     "decode_step_time",
     "decode_tokens_per_s",
+    "compute_bound_batch",
     "prefill_tokens_per_s",
     "gpus_to_hold",
+    "max_batch",
     "dollars_per_million_tokens",
     "PublishedServingDay",
     "DEEPSEEK_SERVING_DAY",
@@ -906,6 +908,35 @@ def decode_tokens_per_s(spec: ModelSpec, hw: Hardware, batch: int, context_len: 
     return batch / t / n_gpus
 
 
+def compute_bound_batch(spec: ModelSpec, hw: Hardware, context_len: int,
+                        bytes_per_param: float = 2, bytes_per_value: float = 2,
+                        compute_efficiency: float = 1.0, bandwidth_efficiency: float = 1.0,
+                        max_batch_size: int = 10**9) -> int | None:
+    """The smallest decode batch at which :func:`decode_step` turns compute-bound, or
+    ``None`` if it never does (up to ``max_batch_size``).
+
+    Each extra sequence adds ``flops_per_token`` of compute but only its KV cache to the
+    bytes, while the weights are shared by the batch: past this batch, reading the weights
+    no longer sets the pace. A dense model reaches it near ``peak / bandwidth`` FLOPs per
+    weight byte; an MoE only once the batch touches most of its experts, i.e. much later.
+    When one token's KV read takes longer than its compute (long context), no batch is large
+    enough and the answer is ``None``. (``n_gpus`` cancels: it divides both times.)
+    """
+    def bound(batch: int) -> str:
+        return decode_step(spec, hw, batch, context_len, bytes_per_param, bytes_per_value, 1,
+                           compute_efficiency, bandwidth_efficiency).bound
+
+    if bound(max_batch_size) == "memory":
+        return None
+    lo, hi = 0, 1          # bound(lo) is memory (or lo == 0), bound(hi) is compute
+    while bound(hi) == "memory":
+        lo, hi = hi, min(2 * hi, max_batch_size)
+    while hi - lo > 1:     # compute minus memory time is convex in batch: one crossing
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if bound(mid) == "memory" else (lo, mid)
+    return hi
+
+
 def prefill_tokens_per_s(spec: ModelSpec, hw: Hardware, prompt_len: int,
                          bytes_per_param: float = 2, compute_efficiency: float = 1.0) -> float:
     """Prompt tokens per second **per GPU**, taking prefill as compute-bound:
@@ -930,6 +961,26 @@ def gpus_to_hold(spec: ModelSpec, hw: Hardware, bytes_per_param: float = 2, batc
     _check_positive("usable_fraction", usable_fraction)
     need = spec.weight_bytes(bytes_per_param) + batch * spec.kv_bytes(context_len, bytes_per_value)
     return max(1, math.ceil(need / (hw.hbm_bytes * usable_fraction)))
+
+
+def max_batch(spec: ModelSpec, hw: Hardware, n_gpus: int, context_len: int,
+              bytes_per_param: float = 2, bytes_per_value: float = 2,
+              usable_fraction: float = 1.0) -> int:
+    """Most sequences of ``context_len`` tokens whose KV caches fit in the HBM of ``n_gpus``
+    beside the weights (the converse of :func:`gpus_to_hold`):
+
+        ``floor((n_gpus * hbm_bytes * usable_fraction - total_params * bytes_per_param)
+                / kv_bytes(context_len))``
+
+    0 when the weights alone do not fit. This is what caps the decode batch at long context,
+    and why a smaller KV cache per token buys a larger batch."""
+    _check_positive("n_gpus", n_gpus)
+    _check_positive("context_len", context_len)
+    _check_positive("usable_fraction", usable_fraction)
+    free = n_gpus * hw.hbm_bytes * usable_fraction - spec.weight_bytes(bytes_per_param)
+    if free <= 0:
+        return 0
+    return int(free // spec.kv_bytes(context_len, bytes_per_value))
 
 
 def dollars_per_million_tokens(tokens_per_s_per_gpu: float, dollars_per_gpu_hour: float,

@@ -56,7 +56,7 @@ class Block(nnx.Module):
         h, cache = self.attn(self.attn_norm(x), cache=cache)
         x = x + h
         if self.is_moe:
-            f, stats = self.ffn(self.ffn_norm(x), train=train, key=key)
+            f, stats = self.ffn(self.ffn_norm(x), train=train, rngs=key)
         else:
             f, stats = self.ffn(self.ffn_norm(x)), None
         return x + f, cache, stats

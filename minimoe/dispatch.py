@@ -1,0 +1,391 @@
+"""Dispatch: getting each token to its experts and the results back.
+
+The router said, for every token, which ``top_k`` experts to use and with what weights. Here
+are five ways to compute
+
+    y[t] = sum_s  expert_weights[t, s] * FFN_{expert_index[t, s]}(x[t])
+
+behind one contract, chosen by name (``dispatch(strategy, ...)``):
+
+    reference   per (token, slot): gather that expert's weights, apply the dense SwiGLU.
+                Obviously right, memory-hungry; the ground truth of the tests.
+    onehot      GShard / Switch / Mesh-TensorFlow: a 0/1 dispatch tensor
+                [tokens, n_experts, capacity] and two einsums.
+    sort        sort the assignments by expert, gather them into fixed [n_experts, capacity]
+                buffers, one batched matmul, scatter-add back (MaxText's sparse path).
+    dropless    MegaBlocks: pad each expert's group of tokens to a multiple of a block size;
+                every block belongs to one expert; block-wise matmuls; nothing is dropped.
+    ragged_dot  sort by expert and let ``jax.lax.ragged_dot`` (a grouped matmul) run each
+                expert on its contiguous group of rows; nothing is dropped.
+
+Capacity and dropping (``reference``, ``onehot``, ``sort``): an expert processes at most
+``capacity`` assignments (``compute_capacity``); the rest are *dropped* -- that slot
+contributes nothing, and a token dropped from all its experts leaves the layer as 0, so the
+residual connection carries it through unchanged. Priority follows GShard: assignments are
+ordered *slot-major* -- every token's first choice (in token order), then every token's
+second choice, ... -- so a token's top-1 expert is served before anybody's second choice.
+All capacity-based strategies drop exactly the same assignments.
+
+Outputs come in the promoted dtype of the tokens, the expert weights and the router weights
+(float32 router weights keep the combine step in float32 for bf16 activations).
+
+Every function is jit-able: ``strategy``, ``capacity`` and ``block_size`` are static Python
+values and every array shape depends only on them and on the input shapes.
+
+Shape names: tokens T, top_k k, assignments A = T * k, experts E, capacity C, d_model d,
+d_expert h.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minimoe.experts import expert_ffn
+from minimoe.ffn import swiglu
+
+STRATEGIES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
+DROPLESS_STRATEGIES = ("dropless", "ragged_dot")
+DEFAULT_BLOCK_SIZE = 16
+
+
+class DispatchResult(NamedTuple):
+    """What every dispatch strategy returns.
+
+    output: [tokens, d_model], the weighted sum of the kept experts' outputs.
+    kept: [tokens, top_k] bool; False where the assignment was dropped (over capacity).
+    tokens_per_expert: [n_experts] int32, assignments per expert *before* dropping.
+    """
+
+    output: jax.Array
+    kept: jax.Array
+    tokens_per_expert: jax.Array
+
+
+def compute_capacity(tokens: int, top_k: int, n_experts: int,
+                     capacity_factor: float | None) -> int | None:
+    """Expert capacity (GShard §2.2; Switch Transformer eq. 3):
+    ``ceil(capacity_factor * tokens * top_k / n_experts)``, or ``None`` (dropless) when
+    ``capacity_factor`` is ``None``.
+
+    ``tokens * top_k / n_experts`` is each expert's share if the load were perfectly even;
+    a capacity factor above 1 leaves slack for imbalance, below 1 forces drops.
+    """
+    if capacity_factor is None:
+        return None
+    return math.ceil(capacity_factor * tokens * top_k / n_experts)
+
+
+def count_tokens_per_expert(expert_index: jax.Array, n_experts: int) -> jax.Array:
+    """Number of (token, slot) assignments per expert. [tokens, top_k] -> [n_experts] int32."""
+    return jnp.bincount(expert_index.reshape(-1), length=n_experts).astype(jnp.int32)
+
+
+def _slot_major(a: jax.Array) -> jax.Array:
+    """[tokens, top_k, ...] -> [top_k * tokens, ...]: all first choices, then all second ..."""
+    return jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
+
+
+def _token_major(a: jax.Array, tokens: int) -> jax.Array:
+    """Inverse of ``_slot_major``: [top_k * tokens, ...] -> [tokens, top_k, ...]."""
+    return jnp.swapaxes(a.reshape((-1, tokens) + a.shape[1:]), 0, 1)
+
+
+def position_in_expert(expert_index: jax.Array, n_experts: int) -> jax.Array:
+    """Each assignment's place in its expert's queue, in slot-major priority order (GShard).
+
+    ``position[t, s]`` = number of assignments to the same expert that come earlier in the
+    order (slot 0 of tokens 0..T-1, then slot 1 of tokens 0..T-1, ...). An assignment is
+    kept iff ``position < capacity``. Computed with a cumulative sum over one-hot rows, as
+    GShard does.
+
+    expert_index: [tokens, top_k] -> [tokens, top_k] int32.
+    """
+    tokens = expert_index.shape[0]
+    onehot = jax.nn.one_hot(_slot_major(expert_index), n_experts, dtype=jnp.int32)  # [A, E]
+    earlier = jnp.cumsum(onehot, axis=0) - onehot  # [A, E], exclusive running count
+    position = jnp.sum(earlier * onehot, axis=-1)  # [A]
+    return _token_major(position, tokens)  # [T, k]
+
+
+def _resolve_capacity(capacity: int | None, tokens: int) -> int:
+    """None -> ``tokens``: one token uses an expert at most once, so an expert never receives
+    more than ``tokens`` assignments and capacity = tokens never drops. Larger values are
+    clipped to ``tokens`` (they could not be filled)."""
+    if capacity is None:
+        return tokens
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+    return min(int(capacity), tokens)
+
+
+# ----------------------------------------------------------------------------------------
+# reference
+# ----------------------------------------------------------------------------------------
+
+def dispatch_reference(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
+                       capacity: int | None = None) -> DispatchResult:
+    """Ground truth: for each (token, slot), gather the chosen expert's weights and apply the
+    dense ``swiglu`` to that one token; sum the slots with the router weights.
+
+    No buffers, no sorting, no padding. ``capacity=None`` is dropless; with a capacity the
+    slot-major priority rule (``position_in_expert``) decides what is dropped.
+    Memory: it materialises ``tokens * top_k`` copies of an expert's weights, so use it on
+    small inputs (tests, teaching), not for training.
+
+    x: [T, d]; expert_index, expert_weights: [T, k]; w_*: stacked expert weights.
+    """
+    n_experts = w_gate.shape[0]
+    if capacity is None:
+        kept = jnp.ones(expert_index.shape, jnp.bool_)  # [T, k]
+    else:
+        kept = position_in_expert(expert_index, n_experts) < capacity  # [T, k]
+    per_slot_ffn = jax.vmap(swiglu, in_axes=(None, 0, 0, 0))  # over the k slots of a token
+    per_token_ffn = jax.vmap(per_slot_ffn)  # over tokens
+    y_slots = per_token_ffn(x, w_gate[expert_index], w_up[expert_index],
+                            w_down[expert_index])  # [T, k, d]
+    gates = jnp.where(kept, expert_weights, 0.0)  # [T, k]
+    output = jnp.einsum("tk,tkd->td", gates, y_slots)  # [T, d]
+    return DispatchResult(output, kept, count_tokens_per_expert(expert_index, n_experts))
+
+
+# ----------------------------------------------------------------------------------------
+# onehot (GShard / Switch)
+# ----------------------------------------------------------------------------------------
+
+def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
+                    capacity: int | None = None) -> DispatchResult:
+    """GShard-style dispatch with dense 0/1 tensors (Lepikhin et al. 2020, Algorithm 1;
+    Switch Transformer's Mesh-TF implementation).
+
+    ``dispatch_mask[t, e, c] = 1`` iff token t's assignment to expert e sits in slot c of
+    e's buffer; ``combine[t, e, c]`` is the same with the router weight instead of 1. Then
+    ``x_buf = einsum(dispatch_mask, x)``, ``y_buf = expert_ffn(x_buf)``,
+    ``y = einsum(combine, y_buf)``. Simple and accelerator friendly, but the masks cost
+    ``O(T * E * C)`` memory and FLOPs, which grows quadratically with tokens.
+
+    ``capacity=None`` means ``capacity = tokens`` (no drops).
+    """
+    tokens, _ = x.shape
+    n_experts = w_gate.shape[0]
+    capacity = _resolve_capacity(capacity, tokens)
+    position = position_in_expert(expert_index, n_experts)  # [T, k]
+    kept = position < capacity  # [T, k]
+    expert_onehot = jax.nn.one_hot(expert_index, n_experts, dtype=x.dtype)  # [T, k, E]
+    # one_hot of an index >= capacity is an all-zero row: a dropped assignment has no slot.
+    slot_onehot = jax.nn.one_hot(position, capacity, dtype=x.dtype)  # [T, k, C]
+    dispatch_mask = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)  # [T, E, C]
+    combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot,
+                         expert_weights)  # [T, E, C], in the router weights' dtype (float32)
+    x_buf = jnp.einsum("tec,td->ecd", dispatch_mask, x)  # [E, C, d]
+    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down)  # [E, C, d]
+    output = jnp.einsum("tec,ecd->td", combine, y_buf)  # [T, d]
+    return DispatchResult(output, kept, count_tokens_per_expert(expert_index, n_experts))
+
+
+# ----------------------------------------------------------------------------------------
+# Sorting assignments by expert (shared by sort, dropless, ragged_dot)
+# ----------------------------------------------------------------------------------------
+
+class SortedAssignments(NamedTuple):
+    """The A = tokens * top_k assignments, stably sorted by expert (slot-major within one)."""
+
+    expert: jax.Array  # [A] int32, non-decreasing
+    token: jax.Array  # [A] int32, which token the assignment belongs to
+    weight: jax.Array  # [A] router weight
+    position: jax.Array  # [A] int32, place within its expert's group (0, 1, ...)
+    order: jax.Array  # [A] int32, sorted -> slot-major flat index
+    counts: jax.Array  # [E] int32, group sizes (tokens_per_expert)
+
+
+def sort_assignments(expert_index: jax.Array, expert_weights: jax.Array,
+                     n_experts: int) -> SortedAssignments:
+    """Flatten the assignments slot-major, then sort them by expert with a *stable* sort.
+
+    Stability keeps the slot-major priority order inside every expert's group, so
+    ``position = rank - group_start`` equals ``position_in_expert`` and capacity-based
+    dropping here agrees with ``onehot`` exactly.
+    """
+    tokens, top_k = expert_index.shape
+    flat_expert = _slot_major(expert_index)  # [A]
+    flat_token = jnp.tile(jnp.arange(tokens, dtype=jnp.int32), top_k)  # [A]
+    flat_weight = _slot_major(expert_weights)  # [A]
+    order = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)  # [A]
+    expert = flat_expert[order]  # [A]
+    counts = count_tokens_per_expert(expert_index, n_experts)  # [E]
+    group_start = jnp.cumsum(counts) - counts  # [E]
+    position = jnp.arange(expert.shape[0], dtype=jnp.int32) - group_start[expert]  # [A]
+    return SortedAssignments(expert, flat_token[order], flat_weight[order], position, order,
+                             counts)
+
+
+def _unsort_kept(sorted_kept: jax.Array, order: jax.Array, tokens: int) -> jax.Array:
+    """Sorted [A] bool -> [tokens, top_k] bool."""
+    flat = jnp.zeros_like(sorted_kept).at[order].set(sorted_kept)  # [A], slot-major
+    return _token_major(flat, tokens)
+
+
+def _combine(y_rows: jax.Array, s: SortedAssignments, gate: jax.Array, tokens: int) -> jax.Array:
+    """Weighted scatter-add of per-assignment outputs back to tokens.
+
+    y_rows: [A, d] (one row per sorted assignment); gate: [A] -> [tokens, d].
+    """
+    contrib = y_rows * gate[:, None]  # [A, d]
+    return jnp.zeros((tokens, y_rows.shape[1]), contrib.dtype).at[s.token].add(contrib)
+
+
+# ----------------------------------------------------------------------------------------
+# sort
+# ----------------------------------------------------------------------------------------
+
+def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
+                  capacity: int | None = None) -> DispatchResult:
+    """Sort-based dispatch into fixed-size capacity buffers.
+
+    1. ``sort_assignments``: assignments sorted by expert, with their position in the group.
+    2. Assignments with ``position >= capacity`` are dropped.
+    3. A slot table ``[E, C]`` records which token sits in each buffer slot (empty slots point
+       at an extra all-zero row); gathering gives ``x_buf [E, C, d]``.
+    4. ``expert_ffn``: one batched matmul over the expert axis.
+    5. Each kept assignment reads its row of ``y_buf`` and is scatter-added to its token,
+       times its router weight.
+
+    Memory ``O(E * C * d)`` instead of onehot's ``O(T * E * C)``.
+    ``capacity=None`` means ``capacity = tokens``: the smallest static size that can never
+    drop, since a token sends at most one assignment to a given expert.
+    """
+    tokens, d_model = x.shape
+    n_experts = w_gate.shape[0]
+    capacity = _resolve_capacity(capacity, tokens)
+    s = sort_assignments(expert_index, expert_weights, n_experts)
+    kept = s.position < capacity  # [A]
+    # Slot table; positions >= capacity fall outside it and are dropped by mode="drop".
+    slot_token = jnp.full((n_experts, capacity), tokens, jnp.int32)  # [E, C], `tokens` = empty
+    slot_token = slot_token.at[s.expert, s.position].set(s.token, mode="drop")
+    x_padded = jnp.concatenate([x, jnp.zeros((1, d_model), x.dtype)])  # [T + 1, d]
+    x_buf = x_padded[slot_token]  # [E, C, d]
+    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down)  # [E, C, d]
+    y_rows = y_buf[s.expert, jnp.minimum(s.position, capacity - 1)]  # [A, d]
+    output = _combine(y_rows, s, jnp.where(kept, s.weight, 0.0), tokens)  # [T, d]
+    return DispatchResult(output, _unsort_kept(kept, s.order, tokens), s.counts)
+
+
+# ----------------------------------------------------------------------------------------
+# dropless (MegaBlocks)
+# ----------------------------------------------------------------------------------------
+
+def num_blocks(assignments: int, n_experts: int, block_size: int) -> int:
+    """Static worst-case number of blocks when each expert's group is padded to a multiple of
+    ``block_size``: ``sum_e ceil(c_e / B) <= (A + E * (B - 1)) / B``."""
+    return math.ceil((assignments + n_experts * (block_size - 1)) / block_size)
+
+
+def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
+                      capacity: int | None = None,
+                      block_size: int = DEFAULT_BLOCK_SIZE) -> DispatchResult:
+    """Dropless MoE with block padding (MegaBlocks, Gale et al. 2022, §5).
+
+    Instead of a fixed capacity per expert, each expert's group of sorted assignments is
+    padded to a multiple of ``block_size`` rows, so the matrix of all rows splits into
+    blocks that each belong to exactly one expert. Every block is multiplied by its own
+    expert's weights. The number of blocks has a static worst case (``num_blocks``), so the
+    shapes are static and no token is ever dropped; the padding costs at most
+    ``block_size - 1`` rows per expert.
+
+    Here the block-wise matmul gathers each block's expert weights (``w[block_expert]``) and
+    reuses the batched ``expert_ffn``; MegaBlocks' block-sparse kernels (or a Pallas grouped
+    matmul) read the weights in place instead of copying them.
+    """
+    if capacity is not None:
+        raise ValueError(
+            f"dispatch 'dropless' never drops; capacity must be None, got {capacity!r}")
+    tokens, d_model = x.shape
+    n_experts = w_gate.shape[0]
+    s = sort_assignments(expert_index, expert_weights, n_experts)
+    n_blocks = num_blocks(s.expert.shape[0], n_experts, block_size)
+    padded = -(-s.counts // block_size) * block_size  # [E], counts rounded up to blocks
+    padded_end = jnp.cumsum(padded)  # [E]
+    padded_start = padded_end - padded  # [E]
+    row = padded_start[s.expert] + s.position  # [A], row of each assignment
+    row_token = jnp.full((n_blocks * block_size,), tokens, jnp.int32)  # `tokens` = padding
+    row_token = row_token.at[row].set(s.token)  # [n_blocks * B]
+    x_padded = jnp.concatenate([x, jnp.zeros((1, d_model), x.dtype)])  # [T + 1, d]
+    x_blocks = x_padded[row_token].reshape(n_blocks, block_size, d_model)  # [n_blocks, B, d]
+    # Block b starts at row b*B; its expert is the number of groups that end at or before it.
+    block_start = jnp.arange(n_blocks) * block_size  # [n_blocks]
+    block_expert = jnp.searchsorted(padded_end, block_start, side="right")  # [n_blocks]
+    block_expert = jnp.minimum(block_expert, n_experts - 1)  # unused tail blocks: any expert
+    y_blocks = expert_ffn(x_blocks, w_gate[block_expert], w_up[block_expert],
+                          w_down[block_expert])  # [n_blocks, B, d]
+    y_rows = y_blocks.reshape(-1, d_model)[row]  # [A, d]
+    output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
+    kept = jnp.ones(expert_index.shape, jnp.bool_)
+    return DispatchResult(output, kept, s.counts)
+
+
+# ----------------------------------------------------------------------------------------
+# ragged_dot (grouped matmul)
+# ----------------------------------------------------------------------------------------
+
+def dispatch_ragged_dot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
+                        capacity: int | None = None) -> DispatchResult:
+    """Dropless dispatch with a grouped matmul, ``jax.lax.ragged_dot``.
+
+    After sorting, the rows of expert e are one contiguous group of ``counts[e]`` rows;
+    ``ragged_dot(lhs [A, d], rhs [E, d, h], group_sizes [E])`` multiplies each group by its
+    expert's matrix. No capacity, no padding, no drops (MaxText's ``sparse_matmul`` path;
+    MegaBlocks' grouped GEMM). Fast where a grouped-matmul kernel exists (GPU/TPU); on a CPU
+    it may be lowered to something much slower.
+    """
+    if capacity is not None:
+        raise ValueError(
+            f"dispatch 'ragged_dot' never drops; capacity must be None, got {capacity!r}")
+    tokens = x.shape[0]
+    n_experts = w_gate.shape[0]
+    s = sort_assignments(expert_index, expert_weights, n_experts)
+    x_sorted = x[s.token]  # [A, d]
+    gate = jax.lax.ragged_dot(x_sorted, w_gate, s.counts)  # [A, h]
+    up = jax.lax.ragged_dot(x_sorted, w_up, s.counts)  # [A, h]
+    y_rows = jax.lax.ragged_dot(jax.nn.silu(gate) * up, w_down, s.counts)  # [A, d]
+    output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
+    kept = jnp.ones(expert_index.shape, jnp.bool_)
+    return DispatchResult(output, kept, s.counts)
+
+
+# ----------------------------------------------------------------------------------------
+# The one entry point
+# ----------------------------------------------------------------------------------------
+
+_IMPLEMENTATIONS = {
+    "reference": dispatch_reference,
+    "onehot": dispatch_onehot,
+    "sort": dispatch_sort,
+    "dropless": dispatch_dropless,
+    "ragged_dot": dispatch_ragged_dot,
+}
+
+
+def dispatch(strategy: str, x: jax.Array, expert_index: jax.Array, expert_weights: jax.Array,
+             w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, *,
+             capacity: int | None = None,
+             block_size: int = DEFAULT_BLOCK_SIZE) -> DispatchResult:
+    """Run the routed experts with the named ``strategy`` (one of ``STRATEGIES``).
+
+    x: [tokens, d_model]; expert_index: [tokens, top_k] int; expert_weights: [tokens, top_k];
+    w_gate, w_up: [n_experts, d_model, d_expert]; w_down: [n_experts, d_expert, d_model].
+    capacity: per-expert buffer size for ``reference``/``onehot``/``sort`` (None: dropless);
+    must be None for ``dropless`` and ``ragged_dot``. block_size: only for ``dropless``.
+    All strategies give the same ``output`` (up to float round-off) when nothing is dropped.
+    """
+    if strategy not in _IMPLEMENTATIONS:
+        raise ValueError(f"dispatch strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    if strategy in DROPLESS_STRATEGIES and capacity is not None:
+        raise ValueError(f"dispatch {strategy!r} never drops; capacity must be None, "
+                         f"got {capacity!r}")
+    kwargs = {"block_size": block_size} if strategy == "dropless" else {}
+    return _IMPLEMENTATIONS[strategy](x, expert_index, expert_weights, w_gate, w_up, w_down,
+                                      capacity=capacity, **kwargs)

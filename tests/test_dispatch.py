@@ -1,0 +1,229 @@
+"""Dispatch strategies (minimoe.dispatch): every strategy against the reference and against
+an explicit numpy loop over tokens and slots, with and without dropping."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimoe.dispatch import (STRATEGIES, compute_capacity, dispatch, num_blocks,
+                              position_in_expert, sort_assignments)
+from minimoe.experts import expert_ffn
+
+ATOL = 2e-5
+
+
+def np_swiglu(x, wg, wu, wd):
+    g = x @ wg
+    return (g / (1 + np.exp(-g)) * (x @ wu)) @ wd
+
+
+def loop_moe(x, idx, w, wg, wu, wd, capacity=None):
+    """The definition, one (token, slot) at a time, with GShard's slot-major priority."""
+    x, idx, w, wg, wu, wd = (np.asarray(a, np.float64) if a is not idx else np.asarray(a)
+                             for a in (x, idx, w, wg, wu, wd))
+    tokens, top_k = idx.shape
+    n_experts = wg.shape[0]
+    seen = np.zeros(n_experts, int)
+    kept = np.zeros((tokens, top_k), bool)
+    for s in range(top_k):  # all first choices before any second choice
+        for t in range(tokens):
+            e = idx[t, s]
+            kept[t, s] = capacity is None or seen[e] < capacity
+            seen[e] += 1
+    y = np.zeros_like(x)
+    for t in range(tokens):
+        for s in range(top_k):
+            if kept[t, s]:
+                e = idx[t, s]
+                y[t] += w[t, s] * np_swiglu(x[t], wg[e], wu[e], wd[e])
+    return y, kept
+
+
+def make_problem(seed, tokens, n_experts, top_k, d_model=6, d_expert=5, skew=False):
+    """Random tokens, weights and distinct expert choices; ``skew`` sends most first choices
+    to expert 0 (an uneven load)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(tokens, d_model)).astype(np.float32)
+    rows = []
+    for _ in range(tokens):
+        perm = rng.permutation(n_experts)
+        if skew and rng.random() < 0.8:
+            perm = np.concatenate([[0], perm[perm != 0]])
+        rows.append(perm[:top_k])
+    idx = np.asarray(rows, np.int32).reshape(tokens, top_k)
+    w = rng.random((tokens, top_k)).astype(np.float32)
+    wg = (rng.normal(size=(n_experts, d_model, d_expert)) / np.sqrt(d_model)).astype(np.float32)
+    wu = (rng.normal(size=(n_experts, d_model, d_expert)) / np.sqrt(d_model)).astype(np.float32)
+    wd = (rng.normal(size=(n_experts, d_expert, d_model)) / np.sqrt(d_expert)).astype(np.float32)
+    return tuple(jnp.asarray(a) for a in (x, idx, w, wg, wu, wd))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _jit_dispatch(strategy, x, idx, w, wg, wu, wd, capacity, block_size):
+    return dispatch(strategy, x, idx, w, wg, wu, wd, capacity=capacity, block_size=block_size)
+
+
+def jit_dispatch(strategy, *args, capacity=None, block_size=16):
+    """Jitted dispatch; static arguments always passed the same way so the cache is shared."""
+    return _jit_dispatch(strategy, *args, capacity, block_size)
+
+
+# A few fixed shapes, reused by every test below: each (strategy, shape, capacity) compiles
+# once and the jit cache serves the rest (compilation dominates the run time on a CPU).
+SHAPES = [  # tokens, n_experts, top_k, skew
+    (1, 1, 1, False),   # a single token and a single expert (top-1)
+    (12, 6, 3, True),   # top-3, uneven load
+    (16, 8, 2, True),   # top-2, uneven load
+]
+BIG = SHAPES[-1]
+
+
+@pytest.mark.parametrize("tokens, n_experts, top_k, skew", SHAPES)
+def test_every_strategy_equals_reference_and_loop_without_drops(tokens, n_experts, top_k, skew):
+    args = make_problem(tokens * 7 + n_experts, tokens, n_experts, top_k, skew=skew)
+    expected, _ = loop_moe(*args)
+    ref = jit_dispatch("reference", *args)
+    np.testing.assert_allclose(ref.output, expected, atol=ATOL)
+    counts = np.bincount(np.asarray(args[1]).ravel(), minlength=n_experts)
+    for strategy in STRATEGIES:
+        out = jit_dispatch(strategy, *args)
+        np.testing.assert_allclose(out.output, ref.output, atol=ATOL, err_msg=strategy)
+        assert out.kept.shape == (tokens, top_k) and out.kept.dtype == jnp.bool_
+        assert bool(out.kept.all()), strategy
+        assert out.tokens_per_expert.dtype == jnp.int32
+        np.testing.assert_array_equal(out.tokens_per_expert, counts)
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_onehot_and_sort_drop_identically(capacity):
+    tokens, n_experts, top_k, _ = BIG
+    args = make_problem(3, tokens, n_experts, top_k, skew=True)
+    expected, expected_kept = loop_moe(*args, capacity=capacity)
+    assert not expected_kept.all()  # the test is about dropping
+    results = {s: jit_dispatch(s, *args, capacity=capacity)
+               for s in ("reference", "onehot", "sort")}
+    for strategy, out in results.items():
+        np.testing.assert_array_equal(out.kept, expected_kept, err_msg=strategy)
+        np.testing.assert_allclose(out.output, expected, atol=ATOL, err_msg=strategy)
+    np.testing.assert_array_equal(results["onehot"].kept, results["sort"].kept)
+    # dropped count by hand: each expert keeps min(count, capacity) assignments
+    counts = np.bincount(np.asarray(args[1]).ravel(), minlength=n_experts)
+    dropped = np.maximum(counts - capacity, 0).sum()
+    for out in results.values():
+        assert (~np.asarray(out.kept)).sum() == dropped
+        np.testing.assert_array_equal(out.tokens_per_expert, counts)  # counted before drops
+
+
+def test_top1_choice_has_priority_over_second_choices():
+    # token 0 picks (1, 0); tokens 1, 2 pick (0, 1); the others avoid experts 0 and 1.
+    # With capacity 2, expert 0 serves the first choices of tokens 1 and 2 and drops token 0's
+    # second choice, although token 0 comes first in the batch.
+    x, _, w, wg, wu, wd = make_problem(0, *BIG[:3])
+    idx = np.stack([2 + np.arange(16) % 6, 2 + (np.arange(16) + 1) % 6], axis=1)
+    idx[0], idx[1], idx[2] = (1, 0), (0, 1), (0, 1)
+    idx = jnp.asarray(idx, jnp.int32)
+    np.testing.assert_array_equal(position_in_expert(idx, 8)[:3], [[0, 2], [0, 1], [1, 2]])
+    expected, expected_kept = loop_moe(x, idx, w, wg, wu, wd, capacity=2)
+    np.testing.assert_array_equal(expected_kept[:3], [[True, False], [True, True], [True, False]])
+    for strategy in ("reference", "onehot", "sort"):
+        out = jit_dispatch(strategy, x, idx, w, wg, wu, wd, capacity=2)
+        np.testing.assert_array_equal(out.kept, expected_kept, err_msg=strategy)
+        np.testing.assert_allclose(out.output, expected, atol=ATOL, err_msg=strategy)
+
+
+def test_token_dropped_everywhere_gets_zero_output():
+    # every token chooses experts (0, 1); capacity 2 keeps tokens 0 and 1 only.
+    x, _, w, wg, wu, wd = make_problem(5, *BIG[:3])
+    idx = jnp.tile(jnp.array([[0, 1]], jnp.int32), (16, 1))
+    expected, kept = loop_moe(x, idx, w, wg, wu, wd, capacity=2)
+    assert kept[:2].all() and not kept[2:].any()
+    for strategy in ("reference", "onehot", "sort"):
+        out = jit_dispatch(strategy, x, idx, w, wg, wu, wd, capacity=2)
+        np.testing.assert_array_equal(out.kept, kept)
+        np.testing.assert_array_equal(out.output[2:], np.zeros((14, 6)))  # residual unchanged
+        np.testing.assert_allclose(out.output, expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_dropless_block_sizes(block_size):
+    tokens, n_experts, top_k, _ = BIG
+    args = make_problem(11, tokens, n_experts, top_k, skew=True)
+    expected, _ = loop_moe(*args)
+    out = jit_dispatch("dropless", *args, block_size=block_size)
+    np.testing.assert_allclose(out.output, expected, atol=ATOL)
+    counts = np.bincount(np.asarray(args[1]).ravel(), minlength=n_experts)
+    assert np.ceil(counts / block_size).sum() <= num_blocks(tokens * top_k, n_experts, block_size)
+
+
+def test_gradients_of_all_strategies_match_reference():
+    tokens, n_experts, top_k, _ = BIG
+    args = make_problem(21, tokens, n_experts, top_k, skew=True)
+    probe = jnp.asarray(np.random.default_rng(0).normal(size=(tokens, 6)), jnp.float32)
+
+    def grads(strategy):
+        def f(x, w, wg, wu, wd):
+            return jnp.sum(dispatch(strategy, x, args[1], w, wg, wu, wd).output * probe)
+        x, _, w, wg, wu, wd = args
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3, 4)))(x, w, wg, wu, wd)
+
+    ref = grads("reference")
+    for strategy in STRATEGIES[1:]:
+        for g, r in zip(grads(strategy), ref):
+            assert np.isfinite(np.asarray(g)).all()
+            np.testing.assert_allclose(g, r, atol=1e-4, err_msg=strategy)
+
+
+def test_sort_assignments_groups_by_expert_keeping_priority():
+    idx = jnp.array([[2, 0], [0, 2], [2, 1]], jnp.int32)
+    s = jax.jit(sort_assignments, static_argnums=2)(idx, jnp.ones((3, 2)), 3)
+    np.testing.assert_array_equal(s.expert, [0, 0, 1, 2, 2, 2])
+    # expert 0: token 1 (slot 0) before token 0 (slot 1); expert 2: tokens 0, 2 then 1
+    np.testing.assert_array_equal(s.token, [1, 0, 2, 0, 2, 1])
+    np.testing.assert_array_equal(s.position, [0, 1, 0, 0, 1, 2])
+    np.testing.assert_array_equal(s.counts, [2, 1, 3])
+
+
+def test_compute_capacity_and_errors():
+    assert compute_capacity(16, 2, 8, None) is None
+    assert compute_capacity(16, 2, 8, 1.0) == 4
+    assert compute_capacity(16, 2, 8, 1.25) == 5
+    assert compute_capacity(10, 1, 4, 1.0) == 3
+    args = make_problem(0, 4, 2, 1)
+    with pytest.raises(ValueError, match="dispatch strategy must be one of"):
+        dispatch("magic", *args)
+    for strategy in ("dropless", "ragged_dot"):
+        with pytest.raises(ValueError, match="never drops"):
+            dispatch(strategy, *args, capacity=2)
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        dispatch("sort", *args, capacity=0)
+
+
+def test_expert_ffn_is_swiglu_per_expert():
+    _, _, _, wg, wu, wd = make_problem(2, 1, 3, 1)
+    x_buf = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4, 6)), jnp.float32)
+    out = expert_ffn(x_buf, wg, wu, wd)
+    for e in range(3):
+        np.testing.assert_allclose(out[e], np_swiglu(np.asarray(x_buf[e]), np.asarray(wg[e]),
+                                                     np.asarray(wu[e]), np.asarray(wd[e])),
+                                   atol=ATOL)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from(SHAPES), capacity=st.sampled_from([None, 1, 2]),
+       skew=st.booleans(), seed=st.integers(0, 10_000))
+def test_strategies_agree_property(shape, capacity, skew, seed):
+    """Random data and loads on the fixed shapes (capacities only on the largest one)."""
+    tokens, n_experts, top_k, _ = shape
+    capacity = capacity if shape == BIG else None
+    args = make_problem(seed, tokens, n_experts, top_k, skew=skew)
+    expected, expected_kept = loop_moe(*args, capacity=capacity)
+    strategies = STRATEGIES if capacity is None else ("reference", "onehot", "sort")
+    for strategy in strategies:
+        out = jit_dispatch(strategy, *args, capacity=capacity)
+        np.testing.assert_array_equal(out.kept, expected_kept, err_msg=strategy)
+        np.testing.assert_allclose(out.output, expected, atol=ATOL, err_msg=strategy)
