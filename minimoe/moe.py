@@ -38,6 +38,8 @@ class MoEStats(NamedTuple):
     z_loss: router z-loss (unweighted).
     loss: ``aux_loss_coef * aux_loss + seq_aux_loss_coef * seq_aux_loss
         + z_loss_coef * z_loss``, to be added to the language-model loss.
+    expert_index: [tokens, top_k] int32, the experts each token was routed to (expert
+        choice: [tokens, 1], the expert that weighted the token most, -1 if none picked it).
     """
 
     load: jax.Array
@@ -47,6 +49,7 @@ class MoEStats(NamedTuple):
     seq_aux_loss: jax.Array
     z_loss: jax.Array
     loss: jax.Array
+    expert_index: jax.Array
 
 
 def weighted_loss(cfg: MoEConfig, aux_loss, seq_aux_loss, z_loss) -> jax.Array:
@@ -68,7 +71,7 @@ def token_choice_stats(routing: RouterOutput, kept: jax.Array, tokens_per_expert
                                 batch, seq)
     z = router_z_loss(routing.logits)
     return MoEStats(load, tokens_per_expert, dropped_fraction, aux, seq_aux, z,
-                    weighted_loss(cfg, aux, seq_aux, z))
+                    weighted_loss(cfg, aux, seq_aux, z), routing.expert_index)
 
 
 def expert_choice_ffn(x: jax.Array, token_index: jax.Array, weights: jax.Array,
@@ -104,8 +107,35 @@ def expert_choice_stats(routing: ExpertChoiceOutput, times_picked: jax.Array,
     dropped_fraction = jnp.mean((times_picked == 0).astype(jnp.float32))
     zero = jnp.zeros((), jnp.float32)
     z = router_z_loss(routing.logits)
+    tokens = times_picked.shape[0]
+    experts = jnp.broadcast_to(jnp.arange(n_experts)[:, None], routing.token_index.shape)
+    weight_of = jnp.zeros((tokens, n_experts), jnp.float32).at[
+        routing.token_index, experts].max(routing.weights)  # [tokens, n_experts]
+    top = jnp.where(times_picked > 0, jnp.argmax(weight_of, axis=-1), -1).astype(jnp.int32)
     return MoEStats(load, tokens_per_expert, dropped_fraction, zero, zero, z,
-                    weighted_loss(cfg, zero, zero, z))
+                    weighted_loss(cfg, zero, zero, z), top[:, None])
+
+
+def balance_metrics(load) -> dict:
+    """How even a load is: ``max_over_mean`` (1 = perfect; n_experts = everything on one
+    expert) and the coefficient of variation ``cv`` = std / mean (0 = perfect)."""
+    load = jnp.asarray(load, jnp.float32)
+    mean = jnp.mean(load)
+    return {"max_over_mean": float(jnp.max(load) / mean), "cv": float(jnp.std(load) / mean)}
+
+
+def routing_by_domain(expert_index, domains, n_domains: int, n_experts: int) -> jax.Array:
+    """[n_domains, n_experts]: the fraction of each domain's token-slot assignments that went
+    to each expert (rows sum to 1; a row of zeros for a domain with no tokens).
+
+    expert_index: [tokens, top_k] (entries < 0 are ignored); domains: [tokens] int.
+    """
+    idx = jnp.asarray(expert_index).reshape(expert_index.shape[0], -1)
+    dom = jnp.broadcast_to(jnp.asarray(domains)[:, None], idx.shape)
+    valid = idx >= 0
+    counts = jnp.zeros((n_domains, n_experts), jnp.float32).at[
+        jnp.where(valid, dom, 0), jnp.where(valid, idx, 0)].add(valid.astype(jnp.float32))
+    return counts / jnp.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
 
 class MoELayer(nnx.Module):

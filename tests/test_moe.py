@@ -225,3 +225,32 @@ def test_bias_update_inside_jit_reduces_imbalance():
         last = step(moe)
     assert float(jnp.max(last)) < 0.6, last
     assert float(moe.router.bias[0]) < 1.0  # the overloaded expert was pushed down
+
+
+def test_stats_report_each_tokens_experts_and_per_domain_routing():
+    from minimoe.moe import balance_metrics, routing_by_domain
+
+    cfg = MoEConfig(n_experts=4, top_k=2, d_expert=8)
+    layer = MoELayer(8, cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    _, stats = layer(x)
+    assert stats.expert_index.shape == (10, 2)
+    counts = np.bincount(np.asarray(stats.expert_index).ravel(), minlength=4)
+    np.testing.assert_array_equal(counts, np.asarray(stats.tokens_per_expert))
+    domains = np.array([0] * 5 + [1] * 5)
+    table = np.asarray(routing_by_domain(stats.expert_index, domains, 3, 4))
+    for d in (0, 1):  # each row: that domain's assignments, counted by hand
+        mine = np.bincount(np.asarray(stats.expert_index)[domains == d].ravel(), minlength=4) / 10
+        np.testing.assert_allclose(table[d], mine)
+    np.testing.assert_array_equal(table[2], 0)
+    assert balance_metrics([0.25] * 4) == {"max_over_mean": 1.0, "cv": 0.0}
+    assert balance_metrics([1.0, 0, 0, 0])["max_over_mean"] == 4.0
+
+
+def test_expert_choice_stats_name_the_strongest_expert_or_minus_one():
+    cfg = MoEConfig(n_experts=4, top_k=1, d_expert=8, router="expert_choice", capacity_factor=0.5)
+    layer = MoELayer(8, cfg, rngs=nnx.Rngs(0))
+    _, stats = layer(jax.random.normal(jax.random.key(2), (1, 16, 8)))
+    idx = np.asarray(stats.expert_index)[:, 0]
+    assert idx.shape == (16,) and ((idx >= -1) & (idx < 4)).all()
+    assert (idx == -1).mean() == pytest.approx(float(stats.dropped_fraction))
