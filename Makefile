@@ -33,6 +33,7 @@ nbval: install
 
 notebooks: install  ## re-execute every notebook in place: how stored outputs are refreshed
 	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
+	$(BIN)/python tools/export_figures.py
 
 colab-check:  ## unit tests + every notebook executed (no output comparison) on Colab's stack
 	@test -n "$(COLAB_PYTHON)" || (echo "colab-check needs Python 3.12 (set COLAB_PYTHON)"; exit 1)

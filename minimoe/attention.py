@@ -118,15 +118,22 @@ class Attention(nnx.Module):
         shape = (batch_size, slots, self.n_kv_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
-    def __call__(self, x: jax.Array, cache: KVCache | None = None):
+    def project_qkv(self, x: jax.Array, start: jax.Array):
+        """Queries [batch, seq, n_heads, head_dim] and keys, values [batch, seq, n_kv_heads,
+        head_dim] of ``x`` [batch, seq, d_model], rotated for positions ``start + arange(seq)``
+        (also returned, [seq])."""
         b, s, _ = x.shape
-        start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
         q_pos = start + jnp.arange(s)  # [seq]
         cos, sin = rope_angles(q_pos, self.head_dim, self.rope_theta)
         q = (x @ self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
         k = (x @ self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
         v = (x @ self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, q_pos
+
+    def __call__(self, x: jax.Array, cache: KVCache | None = None):
+        b, s, _ = x.shape
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        q, k, v, q_pos = self.project_qkv(x, start)
         valid = None
         if cache is None:
             k_pos = q_pos

@@ -139,12 +139,7 @@ class SparseAttention(Attention):
     def __call__(self, x: jax.Array, cache: SparseKVCache | None = None):
         b, s, _ = x.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
-        q_pos = start + jnp.arange(s)  # [seq]
-        cos, sin = rope_angles(q_pos, self.head_dim, self.rope_theta)
-        q = (x @ self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
-        k = (x @ self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
-        v = (x @ self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v, q_pos = self.project_qkv(x, start)
         # the lightning indexer: small queries, one shared key, per-token head weights
         scale = (self.index_n_heads * self.index_head_dim) ** -0.5
         q_idx = (x @ self.wq_index[...]).reshape(b, s, self.index_n_heads, self.index_head_dim)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 
 def clean(nb) -> None:
@@ -28,8 +29,15 @@ def main(paths: list[str]) -> int:
     for p in map(Path, paths):
         nb = nbformat.read(p, as_version=4)
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(p.parent)}}).execute()
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(p.parent)}})
+        try:
+            client.execute()
+        except CellExecutionError as e:  # keep what ran, so the failing cell can be read
+            clean(nb)
+            nbformat.write(nb, p)
+            print(f"{p.name}: FAILED after {time.perf_counter() - t0:.0f} s\n{e}", flush=True)
+            return 1
         clean(nb)
         nbformat.write(nb, p)
         print(f"{p.name}: {time.perf_counter() - t0:.0f} s", flush=True)
