@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 COLAB_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12))
 COLAB_VENV ?= .venv-colab
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# The unit tests include expert parallelism on 8 simulated CPU devices (tests/test_parallel.py).
+DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=600
 
 .PHONY: course install test unit nbval notebooks colab-check bench lock clean
@@ -22,11 +24,11 @@ course: install  ## install everything and open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/
 
 test: install  ## the whole suite: unit tests, then nbval over every notebook
-	$(BIN)/python -m pytest tests
+	$(DEVICES) $(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 unit: install
-	$(BIN)/python -m pytest tests
+	$(DEVICES) $(BIN)/python -m pytest tests
 
 nbval: install
 	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
@@ -42,7 +44,7 @@ colab-check:  ## unit tests + every notebook executed (no output comparison) on 
 	$(COLAB_VENV)/bin/pip install -q -r requirements-colab.txt
 	$(COLAB_VENV)/bin/pip install -q --no-deps -e .
 	$(COLAB_VENV)/bin/python -c "import jax, flax, optax; print('Colab stack:', jax.__version__, flax.__version__, optax.__version__)"
-	$(COLAB_VENV)/bin/python -m pytest tests
+	$(DEVICES) $(COLAB_VENV)/bin/python -m pytest tests
 	$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
 
 bench: install  ## the performance benchmark (prints a table)

@@ -15,19 +15,27 @@ from flax import nnx
 from minimoe.ffn import init_weight
 
 
-def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array,
-               w_down: jax.Array) -> jax.Array:
+def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
+               row_weights: jax.Array | None = None) -> jax.Array:
     """Apply expert ``e``'s SwiGLU to buffer ``e``, for every expert at once.
 
     ``y[e] = (silu(x[e] W_gate[e]) * (x[e] W_up[e])) W_down[e]`` -- the dense
     ``ffn.swiglu`` batched over the expert axis (GShard's "expert computation").
 
+    ``row_weights`` (optional) multiplies each row's output by a number, e.g. the router
+    weight of the token in that buffer slot. The down projection is linear, so the weight is
+    applied to the hidden activations before it: the same result, on a narrower array
+    (``d_expert`` instead of ``d_model`` columns), fused into the SwiGLU product.
+
     x_buf: [n_experts, capacity, d_model]; w_gate, w_up: [n_experts, d_model, d_expert];
-    w_down: [n_experts, d_expert, d_model] -> [n_experts, capacity, d_model].
+    w_down: [n_experts, d_expert, d_model]; row_weights: [n_experts, capacity]
+    -> [n_experts, capacity, d_model].
     """
     gate = jnp.einsum("ecd,edh->ech", x_buf, w_gate)  # [n_experts, capacity, d_expert]
     up = jnp.einsum("ecd,edh->ech", x_buf, w_up)  # [n_experts, capacity, d_expert]
     h = jax.nn.silu(gate) * up  # [n_experts, capacity, d_expert]
+    if row_weights is not None:
+        h = h * row_weights[..., None].astype(h.dtype)
     return jnp.einsum("ech,ehd->ecd", h, w_down)  # [n_experts, capacity, d_model]
 
 

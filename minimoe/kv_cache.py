@@ -71,3 +71,19 @@ def cache_nbytes(cache) -> int:
         return sum(cache_nbytes(c) for c in cache.values())
     leaves = jax.tree_util.tree_leaves(cache)
     return sum(x.size * x.dtype.itemsize for x in leaves)
+
+
+def max_context(cfg: ModelConfig, memory_bytes: float, batch: int = 1,
+                bytes_per_value: int = 4) -> int | None:
+    """Longest context whose cache (``batch`` sequences) fits in ``memory_bytes``.
+
+    ``floor(memory_bytes / (batch * kv_bytes_per_token))``, the inverse of ``kv_cache_bytes``.
+    Returns ``None`` when no context is too long: a sliding-window cache whose full ring of
+    ``sliding_window`` slots fits stops growing before it runs out of memory.
+    """
+    if not memory_bytes >= 0:
+        raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes!r}")
+    n = int(memory_bytes // (batch * kv_bytes_per_token(cfg, bytes_per_value)))
+    if cfg.attention == "sliding" and n >= cfg.sliding_window:
+        return None
+    return n

@@ -1,0 +1,83 @@
+"""The benchmark (minimoe.bench) on a minuscule workload: its figures have the promised keys and
+every strategy's layer computes the same thing. No timing assertions: timings are the
+benchmark's output, not a property of the code."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minimoe import bench
+from minimoe.dispatch import STRATEGIES
+
+TINY = bench.QUICK.replace(tokens=32, seq_len=16, repeats=1, strategies=("sort", "onehot"),
+                           scaling_experts=(4, 8), matmul_size=64, train_batch=2,
+                           train_seq=8)
+
+
+def test_every_strategy_gives_the_same_layer_output():
+    cfg = TINY.replace(capacity_factor=8.0)  # capacity >= tokens: nothing is dropped
+    x, _ = bench.layer_inputs(cfg)
+    outputs = {s: bench.layer_output(bench.make_moe(cfg, s), x) for s in STRATEGIES}
+    for strategy, y in outputs.items():
+        assert y.shape == x.shape
+        np.testing.assert_allclose(y, outputs["reference"], atol=2e-5, err_msg=strategy)
+
+
+def test_benchmark_figures_have_the_promised_keys(tmp_path):
+    res = bench.run_benchmark(TINY, log=lambda m: None)
+    for key in ("dense_ms", "moe_ms", "moe_over_dense", "best_strategy", "expert_scaling",
+                "expert_scaling_ms", "expert_scaling_params", "matmul_peak_gflops",
+                "achieved_gflops", "achieved_fraction", "tokens_per_s", "jax_version",
+                "device", "cpu_count", "workload", "dropped_fraction", "skipped"):
+        assert key in res, key
+    assert set(res["moe_ms"]) == {"sort", "onehot"}
+    assert res["moe_over_dense"] == pytest.approx(
+        res["moe_ms"][res["best_strategy"]] / res["dense_ms"])
+    assert list(res["expert_scaling"]) == ["4", "8"] and res["expert_scaling"]["4"] == 1.0
+    assert res["expert_scaling_params"]["8"] > res["expert_scaling_params"]["4"]
+    assert {"dense", "sort", "onehot", "sort@4", "sort@8"} <= set(res["achieved_fraction"])
+    assert all(v > 0 for v in res["achieved_fraction"].values())
+    assert res["tokens_per_s"] > 0 and res["matmul_peak_gflops"] > 0
+    json.dumps(res)  # JSON-ready
+    assert "MoE sort" in bench.format_table(res)
+
+
+def test_a_strategy_too_big_for_memory_is_skipped_not_run():
+    cfg = TINY.replace(max_gib=1e-6)
+    x, g = bench.layer_inputs(cfg)
+    assert bench.largest_array_gib(cfg, "onehot") > 1e-6 >= bench.largest_array_gib(cfg, "sort")
+    calls, skipped = bench.moe_calls(cfg, x, g)
+    assert set(skipped) == {"onehot"} and set(calls) == {"sort"}
+    assert set(bench.dropped_fractions(cfg, x)) == {"sort"}
+
+
+def test_time_many_gives_slow_calls_fewer_runs():
+    fast = jax.jit(lambda a: a + 1)
+    slow = jax.jit(lambda a: sum(jnp.sin(a + i) for i in range(200)))
+    a = jnp.ones((256, 256))
+    t = bench.time_many({"fast": (fast, (a,)), "slow": (slow, (a,))}, repeats=3, budget_s=1e-9)
+    assert t["fast"].runs == t["slow"].runs == 1  # over budget: the warm-up is the measurement
+    t = bench.time_many({"fast": (fast, (a,))}, repeats=3)
+    assert t["fast"].runs == 3 and t["fast"].median > 0
+
+
+def test_flop_counts():
+    cfg = bench.BenchConfig()
+    # 8 x 128 active hidden units = the dense 1024: equal FFN FLOPs, plus the router
+    router = 3 * 2 * cfg.tokens * cfg.d_model * cfg.n_experts
+    assert bench.moe_useful_flops(cfg) == bench.dense_flops(cfg) + router
+    assert bench.total_params(cfg, 256) > 15 * bench.total_params(cfg, 16) / 2
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    cfg, path = bench.parse_args(["--quick", "--tokens", "64", "--repeats", "2",
+                                  "--strategies", "sort,dropless", "--json", str(out)])
+    assert (cfg.tokens, cfg.repeats, cfg.strategies, path) == (64, 2, ("sort", "dropless"),
+                                                              str(out))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--strategies", "magic"])
+    assert jax.devices()  # the environment line has something to report
