@@ -13,3 +13,11 @@ def pytest_collectstart(collector):
             "application/javascript",
             "application/vnd.jupyter.widget-view+json",
         )
+
+
+def pytest_collection_modifyitems(items):
+    # nbval waits only 5 s for a cell's outputs once the cell has finished; on a loaded 2-core
+    # machine a training cell's progress-bar messages can take longer to drain.
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 120
