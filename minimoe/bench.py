@@ -18,15 +18,17 @@ token actually uses (router included), times 3 for forward + backward -- so capa
 and work a strategy wastes show up as a lower fraction. Last, ``tokens_per_s`` of a full
 training step (forward, backward, AdamW) of a small MoE language model.
 
-    python -m minimoe.bench                       # table; about 5-10 minutes on a 2-core CPU
+    python -m minimoe.bench                       # table; 3-10 minutes on a 2-core CPU
     python -m minimoe.bench --json bench.json     # the same figures as JSON
     python -m minimoe.bench --quick               # a tiny workload (seconds), for CI
     python -m minimoe.bench --strategies sort,onehot --tokens 4096 --repeats 20
 
 A strategy that would need more than ``--max-gib`` GiB for one of its arrays (onehot's
-[tokens, experts, capacity] masks, reference's per-token weight copies) is skipped, with the
-reason in the output. One that takes longer than ``--budget`` seconds per variant gets fewer
-runs (the count is reported; a single over-budget call is reported as measured).
+[tokens, experts, capacity] masks, reference's per-token weight copies, ragged_dot's expanded
+operand on a CPU) is skipped, with the reason in the output: at the default 8192 tokens that
+is onehot and, on a CPU, ragged_dot (``--max-gib 4`` runs it: about a minute and 10 GB).
+One that takes longer than ``--budget`` seconds per variant gets fewer runs (the count is
+reported; a single over-budget call is reported as measured).
 
 Timings on a shared machine are noisy: compare ratios measured in the same run.
 """
@@ -47,7 +49,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
@@ -115,8 +116,9 @@ class BenchConfig:
         return dataclasses.replace(self, **changes)
 
 
-# A workload small enough for tests and CI: every code path, in seconds.
-QUICK = BenchConfig(tokens=256, seq_len=64, d_model=32, dense_hidden=128, n_experts=8,
+# A workload small enough for tests and CI: every code path, in seconds (3 x 16 routed
+# + 16 shared hidden units = the dense 64).
+QUICK = BenchConfig(tokens=256, seq_len=64, d_model=32, dense_hidden=64, n_experts=8,
                     top_k=3, d_expert=16, n_shared_experts=1, scaling_experts=(4, 8, 16),
                     repeats=3, matmul_size=256,
                     train_model=ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64,
@@ -260,23 +262,21 @@ def moe_useful_flops(cfg: BenchConfig, n_experts: int | None = None) -> int:
 
 def largest_array_gib(cfg: BenchConfig, strategy: str, n_experts: int | None = None) -> float:
     """GiB of the largest intermediate a strategy builds that grows beyond O(tokens * d):
-    onehot's [tokens, experts, capacity] mask, reference's per-assignment weight copies."""
+    onehot's [tokens, experts, capacity] mask, reference's per-assignment weight copies, and
+    on a CPU ragged_dot's [assignments, experts * d_model] operand (XLA's CPU backend has no
+    grouped matmul: it writes each row into its expert's block of a zero matrix, then runs
+    one dense matmul against all experts' weights)."""
     n_experts = n_experts or cfg.n_experts
+    assignments = cfg.tokens * cfg.top_k
     if strategy == "onehot":
         capacity = min(cfg.tokens, compute_capacity(cfg.tokens, cfg.top_k, n_experts,
                                                     cfg.capacity_factor))
         return cfg.tokens * n_experts * capacity * 4 / 2 ** 30
     if strategy == "reference":
-        return cfg.tokens * cfg.top_k * 3 * cfg.d_model * cfg.d_expert * 4 / 2 ** 30
+        return assignments * 3 * cfg.d_model * cfg.d_expert * 4 / 2 ** 30
+    if strategy == "ragged_dot" and jax.default_backend() == "cpu":
+        return assignments * n_experts * max(cfg.d_model, cfg.d_expert) * 4 / 2 ** 30
     return 0.0
-
-
-def matmul_gflops(n: int, repeats: int = 10) -> float:
-    """GFLOP/s of a plain float32 [n, n] @ [n, n] matmul: the machine's practical peak."""
-    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-    t = time_call(jax.jit(jnp.matmul), a, b, repeats=repeats)
-    return 2 * n ** 3 / t.median / 1e9
 
 
 def train_tokens_per_s(model_cfg: ModelConfig, batch: int, seq: int,
@@ -362,7 +362,7 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] =
     # Everything timed together, round by round (see ``time_many``).
     n = cfg.matmul_size
     a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    calls = {"matmul": (jax.jit(jnp.matmul), (a, a.T)),
+    calls = {"matmul": (jax.jit(jnp.matmul), (a, a.T)),  # the machine's practical peak
              "dense": layer_call(make_dense(cfg), x, g)}
     strategy_calls, res["skipped"] = moe_calls(cfg, x, g)
     calls.update(strategy_calls)
@@ -430,7 +430,8 @@ def format_table(res: dict) -> str:
     moe = (f"{w['n_experts']}x{w['d_expert']} top-{w['top_k']} "
            f"+ {w['n_shared_experts']} shared")
     for strategy, ms in res["moe_ms"].items():
-        extra = " (no capacity)" if strategy in DROPLESS_STRATEGIES else f" cf {w['capacity_factor']}"
+        extra = (" (no capacity)" if strategy in DROPLESS_STRATEGIES
+                 else f" cf {w['capacity_factor']}")
         row(f"MoE {strategy}{extra}", strategy, ms)
     for strategy, why in res["skipped"].items():
         lines.append(f"{'MoE ' + strategy:<34} skipped: {why}")
