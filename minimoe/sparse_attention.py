@@ -26,6 +26,14 @@ is pushed to score higher the selected keys whose extra attention would lower th
 lower the ones that hurt (heads sharing a key sum their signals). Keys that were not selected
 get no gradient: as in DSA's sparse stage, training only re-ranks within and around the
 current selection.
+
+As in DSA, the indexer reads a *detached* copy of its input (``stop_gradient(x)``). The
+straight-through signal is a gradient of a bias that is not really there; were it allowed into
+the residual stream it would push every earlier layer towards changing the indexer's scores,
+which changes nothing the model computes, and training diverges (a model whose ``sparse_top_k``
+keeps every key, so its forward pass is GQA's, blew up to gradient norms of ~1e4 without the
+detach). With it, every weight outside the indexer receives exactly GQA's gradient when
+nothing is dropped (tested).
 """
 
 from __future__ import annotations
@@ -142,11 +150,12 @@ class SparseAttention(Attention):
         q, k, v, q_pos = self.project_qkv(x, start)
         # the lightning indexer: small queries, one shared key, per-token head weights
         scale = (self.index_n_heads * self.index_head_dim) ** -0.5
-        q_idx = (x @ self.wq_index[...]).reshape(b, s, self.index_n_heads, self.index_head_dim)
+        xi = jax.lax.stop_gradient(x)  # the indexer learns; it does not steer the residual stream
+        q_idx = (xi @ self.wq_index[...]).reshape(b, s, self.index_n_heads, self.index_head_dim)
         q_idx = rope_even_part(q_idx, q_pos, self.rope_theta)
-        k_idx = (x @ self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
+        k_idx = (xi @ self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
         k_idx = rope_even_part(k_idx, q_pos, self.rope_theta)[:, :, 0]
-        w_idx = (x @ self.w_index[...]) * scale  # [batch, seq, index_n_heads]
+        w_idx = (xi @ self.w_index[...]) * scale  # [batch, seq, index_n_heads]
         if cache is None:
             k_pos = q_pos
         else:  # write at cache.pos, score and attend over the whole buffer

@@ -179,6 +179,24 @@ def test_sparse_indexer_gets_gradients_through_the_straight_through_bias():
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, name
 
 
+def test_sparse_indexer_gradient_stays_out_of_the_residual_stream():
+    """With top_k >= seq the forward pass is GQA's; so must be every gradient outside the
+    indexer, including the one that flows back into the input."""
+    cfg = VARIANTS["sparse"][0].replace(sparse_top_k=SEQ)
+    sparse, dense = SparseAttention(cfg, rngs=nnx.Rngs(0)), Attention(cfg, rngs=nnx.Rngs(0))
+    x = _x()
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x)[0]))
+
+    grad = nnx.jit(nnx.grad(loss, argnums=(0, 1)))
+    (g_sparse, gx_sparse), (g_dense, gx_dense) = grad(sparse, x), grad(dense, x)
+    np.testing.assert_allclose(gx_sparse, gx_dense, **TOL)
+    for w in ("wq", "wk", "wv", "wo"):
+        np.testing.assert_allclose(getattr(g_sparse, w)[...], getattr(g_dense, w)[...], **TOL)
+    assert np.abs(g_sparse.wq_index[...]).max() > 0  # while the indexer still learns
+
+
 def test_sparse_cache_holds_kv_and_indexer_keys():
     cache = _build("sparse").init_cache(2, MAX_LEN)
     assert isinstance(cache, SparseKVCache)
@@ -199,6 +217,20 @@ def test_kv_cache_formulas_match_built_caches(name):
             3 * slots * kv_cache.kv_bytes_per_token(cfg, nbytes, per_layer=True)
     model_cache = Transformer(cfg, rngs=nnx.Rngs(0)).init_cache(3, 20)
     assert kv_cache.cache_nbytes(model_cache) == kv_cache.kv_cache_bytes(cfg, 20, batch=3)
+
+
+@pytest.mark.parametrize("name", ["gqa", "mla_naive", "sparse", "sliding"])
+def test_max_context_inverts_kv_cache_bytes(name):
+    cfg = VARIANTS[name][0]
+    memory = 50_000
+    n = kv_cache.max_context(cfg, memory, batch=2)
+    if name == "sliding":  # the whole ring fits: the cache never outgrows the memory
+        assert n is None and kv_cache.kv_cache_bytes(cfg, 10**9, batch=2) <= memory
+        n = kv_cache.max_context(cfg.replace(sliding_window=10**6), memory, batch=2)
+        cfg = cfg.replace(sliding_window=10**6)
+    assert kv_cache.kv_cache_bytes(cfg, n, batch=2) <= memory < kv_cache.kv_cache_bytes(cfg, n + 1, batch=2)
+    with pytest.raises(ValueError, match="memory_bytes"):
+        kv_cache.max_context(cfg, -1.0)
 
 
 def test_kv_cache_per_token_values_per_variant():

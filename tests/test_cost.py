@@ -383,6 +383,38 @@ def test_gpus_to_hold(specs):
     assert with_kv == math.ceil((s.total_params + 64 * 128_000 * 61 * 576 * 2) / 80e9)
 
 
+def test_max_batch_is_the_last_batch_that_fits(specs):
+    s, hw = specs["DeepSeek-V3"], cost.HARDWARE["H800"]
+    n = cost.max_batch(s, hw, 16, 32_768, bytes_per_param=1)
+    assert n > 0
+
+    def used(batch):
+        return s.weight_bytes(1) + batch * s.kv_bytes(32_768, 2)
+
+    assert used(n) <= 16 * hw.hbm_bytes < used(n + 1)
+    # a smaller cache per token buys a larger batch; weights that do not fit leave none
+    assert cost.max_batch(s, hw, 16, 32_768, bytes_per_param=1, bytes_per_value=1) >= 2 * n - 1
+    assert cost.max_batch(s, hw, 1, 32_768, bytes_per_param=1) == 0
+    with pytest.raises(ValueError, match="n_gpus"):
+        cost.max_batch(s, hw, 0, 32_768)
+
+
+@pytest.mark.parametrize("name", ["DeepSeek-V3", "Meta-Llama-3-8B"])
+def test_compute_bound_batch_is_where_the_roofline_crosses(specs, name):
+    s, hw = specs[name], cost.HARDWARE["H100"]
+
+    def bound(batch):
+        return cost.decode_step(s, hw, batch, 128).bound
+
+    b = cost.compute_bound_batch(s, hw, 128)
+    assert b is not None and bound(b) == "compute" and bound(b - 1) == "memory"
+    # an MoE must batch far more tokens before its weight reads are amortised
+    if name == "DeepSeek-V3":
+        assert b > 2 * cost.compute_bound_batch(specs["Meta-Llama-3-8B"], hw, 128)
+    # at a context whose KV read per token outlasts its compute, no batch is big enough
+    assert cost.compute_bound_batch(s, hw, 10_000_000) is None
+
+
 def test_dollars_per_million_tokens_hand_example():
     # $2/GPU-hour at 1000 tokens/s: 3.6M tokens an hour, so $2 / 3.6 = $0.5556 per million.
     assert cost.dollars_per_million_tokens(1000, 2.0) == pytest.approx(2.0 / 3.6)
