@@ -25,7 +25,9 @@ gradient is the gradient of the loss with respect to an attention-logit bias, so
 is pushed to score higher the selected keys whose extra attention would lower the loss and
 lower the ones that hurt (heads sharing a key sum their signals). Keys that were not selected
 get no gradient: as in DSA's sparse stage, training only re-ranks within and around the
-current selection.
+current selection. A model trained sparse from scratch therefore learns only if its first
+selections happen to contain the useful keys; like DSA, start with a dense warm-up
+(``set_top_k(model, seq_len)``: every key is selected and scored) and then go sparse.
 
 As in DSA, the indexer reads a *detached* copy of its input (``stop_gradient(x)``). The
 straight-through signal is a gradient of a bias that is not really there; were it allowed into
@@ -176,3 +178,22 @@ class SparseAttention(Attention):
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: keys and values plus the indexer key."""
         return 2 * self.n_kv_heads * self.head_dim + self.index_head_dim
+
+
+def set_top_k(model, top_k: int) -> None:
+    """Set ``top_k`` of every ``SparseAttention`` layer of a ``Transformer`` in place.
+
+    DSA trains in two stages (DeepSeek-V3.2-Exp, §2.1): a short *dense warm-up*, in which
+    attention still reads every key and only the indexer learns, then sparse training with
+    top-k selection. Here the warm-up is ``set_top_k(model, seq_len)`` (the forward pass then
+    equals full causal attention, and every key's score receives the straight-through
+    gradient), followed by ``set_top_k(model, k)``. A jitted step retraces after the change.
+    """
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    layers = [b.attn for b in model.blocks if isinstance(b.attn, SparseAttention)]
+    if not layers:
+        raise ValueError("set_top_k: the model has no SparseAttention layer "
+                         "(its config's attention is not 'sparse')")
+    for layer in layers:
+        layer.top_k = top_k

@@ -16,7 +16,7 @@ from minimoe.attention import Attention, KVCache, ring_positions
 from minimoe.config import ModelConfig
 from minimoe.mla import MLACache, MLAttention, mla_decode_flops_per_token
 from minimoe.model import Transformer, make_attention
-from minimoe.sparse_attention import SparseAttention, SparseKVCache
+from minimoe.sparse_attention import SparseAttention, SparseKVCache, set_top_k
 
 BASE = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                    max_seq_len=32, index_n_heads=2, index_head_dim=8)
@@ -195,6 +195,24 @@ def test_sparse_indexer_gradient_stays_out_of_the_residual_stream():
     for w in ("wq", "wk", "wv", "wo"):
         np.testing.assert_allclose(getattr(g_sparse, w)[...], getattr(g_dense, w)[...], **TOL)
     assert np.abs(g_sparse.wq_index[...]).max() > 0  # while the indexer still learns
+
+
+def test_set_top_k_switches_every_layer_between_dense_and_sparse():
+    cfg = VARIANTS["sparse"][0]  # top_k = 3
+    tokens = jax.random.randint(jax.random.key(2), (2, SEQ), 0, cfg.vocab_size)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    wide = Transformer(cfg.replace(sparse_top_k=SEQ), rngs=nnx.Rngs(0))  # same weights
+    sparse_logits = model(tokens).logits
+    set_top_k(model, SEQ)  # dense warm-up: every key is kept
+    assert all(b.attn.top_k == SEQ for b in model.blocks)
+    np.testing.assert_allclose(model(tokens).logits, wide(tokens).logits, **TOL)
+    assert not np.allclose(model(tokens).logits, sparse_logits, atol=1e-3)
+    set_top_k(model, 3)
+    np.testing.assert_allclose(model(tokens).logits, sparse_logits, **TOL)
+    with pytest.raises(ValueError, match="top_k"):
+        set_top_k(model, 0)
+    with pytest.raises(ValueError, match="SparseAttention"):
+        set_top_k(Transformer(BASE, rngs=nnx.Rngs(0)), 3)
 
 
 def test_sparse_cache_holds_kv_and_indexer_keys():
