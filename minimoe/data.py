@@ -97,6 +97,17 @@ def facts_table(n_facts: int = FACTS_TABLE_SIZE) -> list[tuple[str, str]]:
     return table[:n_facts]
 
 
+def fact_document(name: str, city: str) -> Document:
+    """The facts domain's document for one row of the table: ``"<name> lives in <city>."``."""
+    return Document("facts", f"{name} lives in ", city + ".")
+
+
+def fact_documents(n_facts: int) -> list[Document]:
+    """Every fact of the first ``n_facts`` rows of the table, once each, in table order: the
+    exact set a model trained with ``CorpusConfig(n_facts=n_facts)`` can have memorised."""
+    return [fact_document(name, city) for name, city in facts_table(n_facts)]
+
+
 def _noun_phrase(rng) -> str:
     det = ("the", "a")[rng.integers(2)]
     if rng.random() < 0.5:
@@ -146,8 +157,7 @@ def make_document(domain: str, rng: np.random.Generator, *, facts=None,
         return Document(domain, f"k:{body};{keys[q]}?", vals[q])
     if domain == "facts":
         facts = facts if facts is not None else facts_table()
-        name, city = facts[rng.integers(len(facts))]
-        return Document(domain, f"{name} lives in ", city + ".")
+        return fact_document(*facts[rng.integers(len(facts))])
     raise ValueError(f"domain must be one of {list(DOMAINS)}, got {domain!r}")
 
 

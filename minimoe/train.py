@@ -138,20 +138,31 @@ def evaluate(model, batches: list[Batch], domain_names: tuple[str, ...]) -> dict
     return res
 
 
-def exact_match(model, docs, batch_size: int = 128) -> float:
-    """Fraction of documents whose whole answer the model predicts (teacher-forced argmax)."""
+def answer_metrics(model, docs, batch_size: int = 128) -> dict:
+    """How well the model knows the answers of ``docs`` (teacher-forced, prompts given).
+
+    Returns ``exact_match``: fraction of documents whose whole answer is the argmax prediction;
+    ``answer_loss``: mean cross-entropy per answer token (nats), the smooth counterpart that
+    moves before whole answers flip.
+    """
     from .data import answer_batch
 
     docs = [d for d in docs if d.answer]
     if not docs:
         raise ValueError("exact_match needs documents with answers; this domain has none")
-    hits = 0
+    hits, ce_sum, n_tokens = 0, 0.0, 0
     for i in range(0, len(docs), batch_size):
         b = answer_batch(docs[i:i + batch_size])
-        _, correct = _eval_tokens(model, jnp.asarray(b.inputs), jnp.asarray(b.targets))
-        ok = np.where(b.answer, np.asarray(correct), True).all(axis=1)
-        hits += int(ok.sum())
-    return hits / len(docs)
+        ce, correct = _eval_tokens(model, jnp.asarray(b.inputs), jnp.asarray(b.targets))
+        hits += int(np.where(b.answer, np.asarray(correct), True).all(axis=1).sum())
+        ce_sum += float(np.asarray(ce, np.float64)[b.answer].sum())
+        n_tokens += int(b.answer.sum())
+    return {"exact_match": hits / len(docs), "answer_loss": ce_sum / n_tokens}
+
+
+def exact_match(model, docs, batch_size: int = 128) -> float:
+    """Fraction of documents whose whole answer the model predicts (teacher-forced argmax)."""
+    return answer_metrics(model, docs, batch_size)["exact_match"]
 
 
 @dataclass

@@ -6,9 +6,9 @@ import pytest
 from flax import nnx
 
 from minimoe.config import MoEConfig
-from minimoe.data import CorpusConfig, course_corpus, generate_documents
+from minimoe.data import ByteTokenizer, CorpusConfig, course_corpus, fact_documents, facts_table, generate_documents
 from minimoe.model import Transformer
-from minimoe.train import TrainConfig, Trainer, exact_match
+from minimoe.train import TrainConfig, Trainer, answer_metrics, exact_match, token_cross_entropy
 
 from minimoe.config import ModelConfig
 
@@ -85,6 +85,23 @@ def test_exact_match_counts_whole_answers():
     assert 0.0 <= acc <= 1.0
     with pytest.raises(ValueError, match="has none"):
         exact_match(t.model, generate_documents(CorpusConfig(n_tokens=30_000), 3, domain="grammar"))
+
+
+def test_answer_metrics_against_a_per_document_loop():
+    t = run(until=5)
+    docs = fact_documents(7)
+    assert [d.prompt + d.answer for d in docs] == [f"{n} lives in {c}." for n, c in facts_table(7)]
+    got = answer_metrics(t.model, docs, batch_size=3)  # batches of unequal padding
+    ce_sum, n, hits = 0.0, 0, 0
+    for d in docs:  # one unpadded document at a time
+        tokens = jnp.asarray(ByteTokenizer.encode("\n" + d.text))[None]
+        logits = t.model(tokens[:, :-1]).logits
+        ce = np.asarray(token_cross_entropy(logits, tokens[:, 1:]))[0]
+        ans = slice(len(d.prompt), len(d.prompt) + len(d.answer))
+        ce_sum, n = ce_sum + ce[ans].sum(), n + len(d.answer)
+        hits += bool((np.asarray(logits.argmax(-1))[0, ans] == np.asarray(tokens[0, 1:])[ans]).all())
+    assert got["answer_loss"] == pytest.approx(ce_sum / n, rel=1e-5)
+    assert got["exact_match"] == hits / len(docs)
 
 
 def test_train_config_errors():
