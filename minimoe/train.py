@@ -204,7 +204,10 @@ class Trainer:
         if until > self.tcfg.steps:
             raise ValueError(f"until={until} is beyond the schedule's steps={self.tcfg.steps}")
         t = self.tcfg
-        bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", leave=False)
+        # One refresh every 2 s at most: a notebook cell that trains several models must not
+        # flood the kernel's output channel (Jupyter drops messages past its queue limit).
+        bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", leave=False,
+                   mininterval=2.0)
         while self.step < until:
             b = get_batch(self.train_data, t.batch_size, t.seq_len, t.seed, self.step)
             m = train_step(self.model, self.optimizer, jnp.asarray(b.inputs),
