@@ -149,7 +149,8 @@ def answer_metrics(model, docs, batch_size: int = 128) -> dict:
 
     docs = [d for d in docs if d.answer]
     if not docs:
-        raise ValueError("exact_match needs documents with answers; this domain has none")
+        raise ValueError("answer_metrics and exact_match need documents with answers; "
+                         "their domain has none (it asks no question)")
     hits, ce_sum, n_tokens = 0, 0.0, 0
     for i in range(0, len(docs), batch_size):
         b = answer_batch(docs[i:i + batch_size])

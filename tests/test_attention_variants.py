@@ -244,8 +244,8 @@ def test_max_context_inverts_kv_cache_bytes(name):
     n = kv_cache.max_context(cfg, memory, batch=2)
     if name == "sliding":  # the whole ring fits: the cache never outgrows the memory
         assert n is None and kv_cache.kv_cache_bytes(cfg, 10**9, batch=2) <= memory
-        n = kv_cache.max_context(cfg.replace(sliding_window=10**6), memory, batch=2)
-        cfg = cfg.replace(sliding_window=10**6)
+        cfg = cfg.replace(sliding_window=10**6)  # a ring too wide to fit: finite again
+        n = kv_cache.max_context(cfg, memory, batch=2)
     assert kv_cache.kv_cache_bytes(cfg, n, batch=2) <= memory < kv_cache.kv_cache_bytes(cfg, n + 1, batch=2)
     with pytest.raises(ValueError, match="memory_bytes"):
         kv_cache.max_context(cfg, -1.0)
