@@ -21,7 +21,7 @@ $(BIN)/.installed: requirements-lock.txt pyproject.toml
 install: $(BIN)/.installed  ## the pinned stack in .venv
 
 course: install  ## install everything and open the course in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # root: e.g. a container
 
 test: install  ## the whole suite: unit tests, then nbval over every notebook
 	$(DEVICES) $(BIN)/python -m pytest tests
