@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
-from .ffn import init_weight
+from .ffn import init_weight, linear
 from .rope import apply_rope, rope_angles
 
 NEG_INF = -1e30  # large negative instead of -inf: a fully masked row stays finite
@@ -84,15 +84,51 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
 
     q: [batch, q_len, n_heads, head_dim]; k, v: [batch, k_len, n_kv_heads, head_dim];
     mask: [q_len, k_len] (True = may attend). Returns [batch, q_len, n_heads, head_dim].
+    Query head i uses key/value head ``i // (n_heads // n_kv_heads)``. The shared key/value
+    heads are repeated to one per query head before the products: the cache stays small, and
+    XLA on a CPU runs these plain per-head products faster than a grouped 5-D layout.
+
+    On a CPU, a batch whose scores [batch, n_heads, q_len, k_len] would outgrow the cache is
+    processed a few sequences at a time (``batch_chunk``): the same numbers, tiled so each
+    tile's scores stay in cache -- the idea of FlashAttention's tiling, one level up.
     """
-    b, s, h, d = q.shape
-    n_kv = k.shape[2]
-    q = q.reshape(b, s, n_kv, h // n_kv, d)  # [batch, q_len, n_kv, group, head_dim]
-    scores = jnp.einsum("bskgd,blkd->bkgsl", q, k).astype(jnp.float32) * d ** -0.5
-    scores = jnp.where(mask[None, None, None], scores, NEG_INF)  # [batch, n_kv, group, q, k]
+    b, s, h, _ = q.shape
+    on_cpu = jax.default_backend() == "cpu"
+    chunk = batch_chunk(b, h * s * k.shape[1]) if on_cpu else b
+    if chunk == b:
+        return _attend(q, k, v, mask)
+    tiles = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # [n_tiles, chunk, ...]
+    # one tile after the other; checkpoint: the backward pass recomputes a tile's scores
+    # instead of keeping every tile's (as FlashAttention does), so they never leave the cache
+    tile_attend = jax.checkpoint(lambda qkv: _attend(*qkv, mask))
+    out = jax.lax.map(tile_attend, (tiles(q), tiles(k), tiles(v)))
+    return out.reshape(b, *out.shape[2:])
+
+
+SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
+
+
+def batch_chunk(batch: int, scores_per_sequence: int) -> int:
+    """How many sequences ``grouped_attention`` processes at once on a CPU: all of them when
+    their scores fit in ``SCORES_PER_TILE``, otherwise the largest divisor of ``batch`` whose
+    scores do (at least 1)."""
+    if batch * scores_per_sequence <= SCORES_PER_TILE:
+        return batch
+    fits = max(1, SCORES_PER_TILE // scores_per_sequence)
+    return max(c for c in range(1, min(batch, fits) + 1) if batch % c == 0)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """``grouped_attention`` on one tile of the batch (same shapes and meaning)."""
+    d = q.shape[-1]
+    group = q.shape[2] // k.shape[2]
+    if group > 1:  # GQA / MQA
+        k = jnp.repeat(k, group, axis=2)  # [batch, k_len, n_heads, head_dim]
+        v = jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * d ** -0.5
+    scores = jnp.where(mask, scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgsl,blkd->bskgd", probs, v)
-    return out.reshape(b, s, h, d)
+    return jnp.einsum("bhsl,blhd->bshd", probs, v)  # [batch, q_len, n_heads, head_dim]
 
 
 class Attention(nnx.Module):
@@ -125,9 +161,9 @@ class Attention(nnx.Module):
         b, s, _ = x.shape
         q_pos = start + jnp.arange(s)  # [seq]
         cos, sin = rope_angles(q_pos, self.head_dim, self.rope_theta)
-        q = (x @ self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
-        k = (x @ self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
-        v = (x @ self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
+        q = linear(x, self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
+        k = linear(x, self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
+        v = linear(x, self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, q_pos
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None):
@@ -155,7 +191,7 @@ class Attention(nnx.Module):
         if valid is not None:
             mask &= valid[None, :]
         out = grouped_attention(q, k, v, mask)
-        return out.reshape(b, s, -1) @ self.wo[...], cache
+        return linear(out.reshape(b, s, -1), self.wo[...]), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: keys and values of every KV head."""

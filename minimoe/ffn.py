@@ -16,12 +16,20 @@ def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Arra
     return jax.random.normal(key, shape, jnp.float32) * fan_in ** -0.5
 
 
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` over the last axis of ``x`` [..., d_in] with ``w`` [d_in, d_out].
+
+    The leading axes are flattened into one token axis first: XLA on a CPU runs 2-D matmuls
+    (and their gradients) markedly faster than the same products batched over [batch, seq].
+    """
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
     """SwiGLU on the last axis of ``x``.
 
     x: [..., d_model]; w_gate, w_up: [d_model, d_ff]; w_down: [d_ff, d_model]. The leading axes
-    are flattened into one token axis first: XLA on a CPU runs 2-D matmuls (and their
-    gradients) markedly faster than the same products batched over [batch, seq].
+    are flattened into one token axis, as in ``linear``.
     """
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])  # [tokens, d_model]

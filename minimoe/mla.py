@@ -35,7 +35,7 @@ from flax import nnx
 
 from .attention import NEG_INF, causal_mask
 from .config import ModelConfig
-from .ffn import init_weight
+from .ffn import init_weight, linear
 from .norm import RMSNorm
 from .rope import apply_rope, rope_angles
 
@@ -150,13 +150,13 @@ class MLAttention(nnx.Module):
         cos, sin = rope_angles(q_pos, rope, self.rope_theta)
         # queries (eqs. 12-14)
         if self.q_lora_rank is None:
-            q = x @ self.wq[...]
+            q = linear(x, self.wq[...])
         else:
-            q = self.q_norm(x @ self.w_dq[...]) @ self.w_uq[...]
+            q = linear(self.q_norm(linear(x, self.w_dq[...])), self.w_uq[...])
         q = q.reshape(b, s, h, nope + rope)
         q_nope, q_rope = q[..., :nope], apply_rope(q[..., nope:], cos, sin)
         # compressed latent and shared rope key (eqs. 9, 15): this is all that gets cached
-        kv = x @ self.w_dkv[...]  # [batch, seq, kv_lora_rank + qk_rope]
+        kv = linear(x, self.w_dkv[...])  # [batch, seq, kv_lora_rank + qk_rope]
         latent = self.kv_norm(kv[..., :self.kv_lora_rank])  # [batch, seq, kv_lora_rank]
         k_rope = apply_rope(kv[..., None, self.kv_lora_rank:], cos, sin)[:, :, 0]  # [b, seq, rope]
         if cache is None:
@@ -171,7 +171,7 @@ class MLAttention(nnx.Module):
         w_uk, w_uv = self._up_weights()
         attend = mla_absorbed if absorb else mla_naive
         out = attend(q_nope, q_rope, latent, k_rope, w_uk, w_uv, causal_mask(q_pos, k_pos))
-        return out.reshape(b, s, h * self.v_head_dim) @ self.wo[...], cache
+        return linear(out.reshape(b, s, h * self.v_head_dim), self.wo[...]), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: the latent plus the shared rope key."""

@@ -16,7 +16,7 @@ from flax import nnx
 
 from .attention import Attention
 from .config import ModelConfig
-from .ffn import SwiGLU
+from .ffn import SwiGLU, linear
 from .norm import RMSNorm
 
 
@@ -102,7 +102,7 @@ class Transformer(nnx.Module):
                 stats.append(s)
         x = self.final_norm(x)
         w_out = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        logits = (x @ w_out).astype(jnp.float32)  # [batch, seq, vocab]
+        logits = linear(x, w_out).astype(jnp.float32)  # [batch, seq, vocab]
         aux = sum((s.loss for s in stats), jnp.zeros((), jnp.float32))
         return LMOutput(logits, None if cache is None else tuple(new_cache), tuple(stats), aux)
 

@@ -48,7 +48,7 @@ from flax import nnx
 
 from .attention import NEG_INF, Attention, causal_mask
 from .config import ModelConfig
-from .ffn import init_weight
+from .ffn import init_weight, linear
 from .rope import apply_rope, rope_angles
 
 
@@ -153,11 +153,11 @@ class SparseAttention(Attention):
         # the lightning indexer: small queries, one shared key, per-token head weights
         scale = (self.index_n_heads * self.index_head_dim) ** -0.5
         xi = jax.lax.stop_gradient(x)  # the indexer learns; it does not steer the residual stream
-        q_idx = (xi @ self.wq_index[...]).reshape(b, s, self.index_n_heads, self.index_head_dim)
+        q_idx = linear(xi, self.wq_index[...]).reshape(b, s, self.index_n_heads, self.index_head_dim)
         q_idx = rope_even_part(q_idx, q_pos, self.rope_theta)
-        k_idx = (xi @ self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
+        k_idx = linear(xi, self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
         k_idx = rope_even_part(k_idx, q_pos, self.rope_theta)[:, :, 0]
-        w_idx = (xi @ self.w_index[...]) * scale  # [batch, seq, index_n_heads]
+        w_idx = linear(xi, self.w_index[...]) * scale  # [batch, seq, index_n_heads]
         if cache is None:
             k_pos = q_pos
         else:  # write at cache.pos, score and attend over the whole buffer
@@ -173,7 +173,7 @@ class SparseAttention(Attention):
         picked = jnp.take_along_axis(scores, idx, axis=-1)  # [batch, seq, top_k]
         bias = picked - jax.lax.stop_gradient(picked)  # value 0, gradient reaches the indexer
         out = sparse_grouped_attention(q, k, v, idx, valid, bias)
-        return out.reshape(b, s, -1) @ self.wo[...], cache
+        return linear(out.reshape(b, s, -1), self.wo[...]), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: keys and values plus the indexer key."""

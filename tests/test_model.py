@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from minimoe.accounting import count_params, flops_per_token, param_counts
-from minimoe.attention import Attention, causal_mask, grouped_attention
+from minimoe.attention import (SCORES_PER_TILE, Attention, _attend, batch_chunk, causal_mask,
+                               grouped_attention)
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.ffn import SwiGLU
 from minimoe.model import Transformer, generate, sample_logits
@@ -71,6 +72,34 @@ def test_grouped_attention_matches_naive_loop(n_heads, n_kv, window):
     got = grouped_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                             causal_mask(pos, pos, window))
     np.testing.assert_allclose(got, naive_attention(q, k, v, window), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_chunk_picks_the_largest_divisor_that_fits():
+    per_seq = SCORES_PER_TILE // 4  # four sequences fill a tile
+    assert batch_chunk(4, per_seq) == 4
+    assert batch_chunk(12, per_seq) == 4
+    assert batch_chunk(10, per_seq) == 2  # 4 does not divide 10
+    assert batch_chunk(7, per_seq) == 1
+    assert batch_chunk(3, 2 * SCORES_PER_TILE) == 1  # one sequence alone overflows: one at a time
+
+
+def test_tiled_attention_equals_untiled_values_and_gradients():
+    # scores of 6 sequences x 4 heads x 128 x 128 > SCORES_PER_TILE: processed in tiles
+    b, s, h = 6, 128, 4
+    assert batch_chunk(b, h * s * s) < b
+    ks = jax.random.split(jax.random.key(4), 4)
+    q = jax.random.normal(ks[0], (b, s, h, 8))
+    k = jax.random.normal(ks[1], (b, s, 2, 8))
+    v = jax.random.normal(ks[2], (b, s, 2, 8))
+    ct = jax.random.normal(ks[3], (b, s, h, 8))
+    mask = causal_mask(jnp.arange(s), jnp.arange(s))
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, mask) * ct)
+    np.testing.assert_allclose(grouped_attention(q, k, v, mask), _attend(q, k, v, mask),
+                               rtol=1e-5, atol=1e-6)
+    tiled = jax.grad(loss(grouped_attention), argnums=(0, 1, 2))(q, k, v)
+    whole = jax.grad(loss(_attend), argnums=(0, 1, 2))(q, k, v)
+    for a, e in zip(tiled, whole):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_is_causal():
