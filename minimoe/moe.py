@@ -53,9 +53,14 @@ class MoEStats(NamedTuple):
 
 
 def weighted_loss(cfg: MoEConfig, aux_loss, seq_aux_loss, z_loss) -> jax.Array:
-    """The balance losses weighted by the config's coefficients."""
-    return (cfg.aux_loss_coef * aux_loss + cfg.seq_aux_loss_coef * seq_aux_loss
-            + cfg.z_loss_coef * z_loss)
+    """The balance losses weighted by the config's coefficients.
+
+    Terms whose coefficient is 0 are left out rather than multiplied by 0, so that their
+    gradients are not computed at all (XLA does not simplify ``0.0 * x`` away: x could be NaN).
+    """
+    terms = [(cfg.aux_loss_coef, aux_loss), (cfg.seq_aux_loss_coef, seq_aux_loss),
+             (cfg.z_loss_coef, z_loss)]
+    return sum((c * loss for c, loss in terms if c != 0), jnp.zeros((), jnp.float32))
 
 
 def token_choice_stats(routing: RouterOutput, kept: jax.Array, tokens_per_expert: jax.Array,
