@@ -16,6 +16,7 @@ optimizer never touches that bias because it is not an ``nnx.Param``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,20 @@ def make_schedule(tcfg: TrainConfig) -> optax.Schedule:
 
 def make_optimizer(model: nnx.Module, tcfg: TrainConfig) -> nnx.Optimizer:
     """AdamW with global-norm clipping, over the model's ``nnx.Param``s only."""
-    tx = optax.chain(optax.clip_by_global_norm(tcfg.clip_norm),
-                     optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return nnx.Optimizer(model, _transform(tcfg.replace(seed=0, eval_every=1, eval_batches=1)),
+                         wrt=nnx.Param)
+
+
+@functools.lru_cache(maxsize=64)
+def _transform(tcfg: TrainConfig) -> optax.GradientTransformation:
+    """The optax transformation of ``tcfg``'s optimisation settings, built once per settings.
+
+    The jitted ``train_step`` is compiled once per model structure *and* transformation (it is
+    part of the optimizer's static structure, compared by identity): reusing one object lets a
+    second run with the same settings -- another seed, say -- skip the compilation.
+    """
+    return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm),
+                       optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay))
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
