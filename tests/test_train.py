@@ -8,7 +8,8 @@ from flax import nnx
 from minimoe.config import MoEConfig
 from minimoe.data import ByteTokenizer, CorpusConfig, course_corpus, fact_documents, facts_table, generate_documents
 from minimoe.model import Transformer
-from minimoe.train import TrainConfig, Trainer, answer_metrics, exact_match, token_cross_entropy
+from minimoe.train import (TrainConfig, Trainer, answer_metrics, exact_match, make_optimizer,
+                           token_cross_entropy)
 
 from minimoe.config import ModelConfig
 
@@ -111,3 +112,14 @@ def test_train_config_errors():
         TrainConfig(steps=10, warmup_steps=10)
     with pytest.raises(ValueError, match=r"lr must be > 0"):
         TrainConfig(lr=0.0)
+
+
+def test_runs_with_other_seeds_share_the_optimizer_transformation():
+    # the jitted train step is compiled per transformation object: another seed must reuse it
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16)
+    tcfg = TrainConfig(steps=20, batch_size=2, seq_len=16, warmup_steps=2)
+    a = make_optimizer(Transformer(cfg, rngs=nnx.Rngs(0)), tcfg)
+    b = make_optimizer(Transformer(cfg, rngs=nnx.Rngs(1)), tcfg.replace(seed=1, eval_every=5))
+    c = make_optimizer(Transformer(cfg, rngs=nnx.Rngs(0)), tcfg.replace(lr=1e-2))
+    assert a.tx is b.tx
+    assert a.tx is not c.tx
