@@ -79,6 +79,9 @@ def ring_write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
     return buf.at[:, idx].set(new[:, s - m:].astype(buf.dtype))
 
 
+SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
+
+
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v with query heads grouped over shared key/value heads.
 
@@ -103,9 +106,6 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     tile_attend = jax.checkpoint(lambda qkv: _attend(*qkv, mask))
     out = jax.lax.map(tile_attend, (tiles(q), tiles(k), tiles(v)))
     return out.reshape(b, *out.shape[2:])
-
-
-SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
 
 
 def batch_chunk(batch: int, scores_per_sequence: int) -> int:

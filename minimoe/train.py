@@ -81,6 +81,8 @@ def make_schedule(tcfg: TrainConfig) -> optax.Schedule:
 
 def make_optimizer(model: nnx.Module, tcfg: TrainConfig) -> nnx.Optimizer:
     """AdamW with global-norm clipping, over the model's ``nnx.Param``s only."""
+    # settings that do not shape the transformation are reset, so that runs differing only in
+    # them (seed, evaluation cadence) get the same transformation object from the cache
     return nnx.Optimizer(model, _transform(tcfg.replace(seed=0, eval_every=1, eval_batches=1)),
                          wrt=nnx.Param)
 
