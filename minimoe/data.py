@@ -321,10 +321,11 @@ def get_batch(data: TokenData, batch_size: int, seq_len: int, seed: int, step: i
     Because batch ``step`` never depends on earlier batches, a run resumed from a checkpoint
     sees exactly the batches an uninterrupted run would have.
     """
-    if len(data) <= seq_len + 1:
-        raise ValueError(f"seq_len={seq_len} needs more than {seq_len + 1} tokens; data has {len(data)}")
+    if len(data) < seq_len + 1:
+        raise ValueError(f"seq_len={seq_len} needs at least {seq_len + 1} tokens; data has {len(data)}")
     rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
+    # a window starts anywhere from 0 to len - (seq_len + 1), the last window included
+    starts = rng.integers(0, len(data) - seq_len, size=batch_size)
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # [batch, seq+1]
     t = data.tokens[idx]
     return Batch(t[:, :-1], t[:, 1:], data.domains[idx[:, 1:]], data.answer[idx[:, 1:]])

@@ -38,8 +38,9 @@ class TrainConfig:
     """Optimisation settings.
 
     Attributes: steps, batch_size, seq_len; lr (peak), warmup_steps (linear warm-up), then
-    cosine decay to ``lr * min_lr_ratio``; weight_decay (AdamW, decoupled); clip_norm (global
-    gradient norm); seed (batches and noise); eval_every, eval_batches (validation cadence).
+    cosine decay to ``lr * min_lr_ratio`` (``make_schedule``); weight_decay (AdamW, decoupled,
+    on weight matrices only: ``decay_mask``); clip_norm (global gradient norm); seed (batches
+    and noise); eval_every, eval_batches (validation cadence).
     """
 
     steps: int = 300
@@ -74,9 +75,27 @@ class TrainConfig:
 
 
 def make_schedule(tcfg: TrainConfig) -> optax.Schedule:
-    """Linear warm-up from 0 to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
-    return optax.warmup_cosine_decay_schedule(
+    """Learning rate of optimizer step ``count`` (0-based).
+
+    Linear warm-up over the first ``warmup_steps`` steps -- step 0 already takes
+    ``lr / warmup_steps``, so no step is wasted at rate 0 -- reaching ``lr`` at step
+    ``warmup_steps - 1``; then cosine decay to ``lr * min_lr_ratio`` at the last step.
+    """
+    base = optax.warmup_cosine_decay_schedule(
         0.0, tcfg.lr, tcfg.warmup_steps, tcfg.steps, end_value=tcfg.lr * tcfg.min_lr_ratio)
+    if tcfg.warmup_steps == 0:
+        return base
+    return lambda count: base(count + 1)
+
+
+def decay_mask(params):
+    """Which parameters AdamW's weight decay applies to: weight matrices (2-D and up: linear
+    layers, stacked experts, the router, the embedding), not vectors (RMSNorm gains, biases).
+
+    Decaying a norm gain pulls it toward 0 and rescales its layer for no gain in
+    regularisation; this is the usual split (nanoGPT's ``configure_optimizers``, for one).
+    """
+    return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 
 def make_optimizer(model: nnx.Module, tcfg: TrainConfig) -> nnx.Optimizer:
@@ -96,7 +115,8 @@ def _transform(tcfg: TrainConfig) -> optax.GradientTransformation:
     second run with the same settings -- another seed, say -- skip the compilation.
     """
     return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm),
-                       optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay))
+                       optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay,
+                                   mask=decay_mask))
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minimoe.data import (DOMAINS, ByteTokenizer, CorpusConfig, answer_batch, build_split,
+from minimoe.data import (DOMAINS, ByteTokenizer, CorpusConfig, TokenData, answer_batch, build_split,
                           facts_table, generate_documents, get_batch, load_text_file,
                           make_document)
 
@@ -128,3 +128,16 @@ def test_corpus_does_not_depend_on_the_interpreters_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
     assert len(outs) == 1
+
+
+def test_get_batch_reaches_every_window_including_the_last():
+    # 6 tokens, windows of 4 (seq_len 3 + 1): starts 0, 1 and 2 are the only ones possible
+    tokens = np.arange(6, dtype=np.int32)
+    data = TokenData(tokens, np.zeros(6, np.int8), np.zeros(6, bool), ("text",))
+    starts = {int(get_batch(data, 8, 3, seed=0, step=i).inputs[j, 0])
+              for i in range(20) for j in range(8)}
+    assert starts == {0, 1, 2}
+    exact = TokenData(tokens[:4], np.zeros(4, np.int8), np.zeros(4, bool), ("text",))
+    assert get_batch(exact, 2, 3, seed=0, step=0).targets.tolist() == [[1, 2, 3]] * 2
+    with pytest.raises(ValueError, match=r"seq_len=4 needs at least 5 tokens; data has 4"):
+        get_batch(exact, 2, 4, seed=0, step=0)

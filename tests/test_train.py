@@ -1,5 +1,8 @@
 import json
 
+import jax
+import optax
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from minimoe.config import MoEConfig
 from minimoe.data import ByteTokenizer, CorpusConfig, course_corpus, fact_documents, facts_table, generate_documents
 from minimoe.model import Transformer
 from minimoe.train import (TrainConfig, Trainer, answer_metrics, exact_match, make_optimizer,
+                           make_schedule,
                            token_cross_entropy)
 
 from minimoe.config import ModelConfig
@@ -123,3 +127,55 @@ def test_runs_with_other_seeds_share_the_optimizer_transformation():
     c = make_optimizer(Transformer(cfg, rngs=nnx.Rngs(0)), tcfg.replace(lr=1e-2))
     assert a.tx is b.tx
     assert a.tx is not c.tx
+
+
+def test_schedule_warms_up_from_the_first_step_and_ends_at_the_floor():
+    tcfg = TrainConfig(steps=10, lr=1e-2, warmup_steps=4, min_lr_ratio=0.1)
+    lr = [float(make_schedule(tcfg)(i)) for i in range(tcfg.steps)]
+    np.testing.assert_allclose(lr[:4], [2.5e-3, 5e-3, 7.5e-3, 1e-2], rtol=1e-6)
+    assert all(a > b for a, b in zip(lr[3:], lr[4:]))  # cosine decay, strictly falling
+    np.testing.assert_allclose(lr[-1], 1e-3, rtol=1e-6)
+    flat = TrainConfig(steps=10, lr=1e-2, warmup_steps=0)
+    assert float(make_schedule(flat)(0)) == pytest.approx(1e-2)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    """One step with zero gradients: AdamW's update is then the decay alone."""
+    model = Transformer(TINY.replace(moe=MoEConfig(n_experts=4, top_k=2, d_expert=16)),
+                        rngs=nnx.Rngs(0))
+    tcfg = TCFG.replace(lr=0.1, warmup_steps=0, weight_decay=0.5)
+    opt = make_optimizer(model, tcfg)
+    before = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    opt.update(model, zeros)
+    after = nnx.state(model, nnx.Param)
+    decayed, kept = [], []
+    for (path, b), a in zip(jax.tree_util.tree_leaves_with_path(before),
+                            jax.tree_util.tree_leaves(after)):
+        name = jax.tree_util.keystr(path)
+        if b.ndim >= 2:
+            np.testing.assert_allclose(np.asarray(a), b * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=name)
+            decayed.append(name)
+        else:
+            np.testing.assert_array_equal(np.asarray(a), b, err_msg=name)
+            kept.append(name)
+    assert any("embed" in n for n in decayed) and any("w_router" in n for n in decayed)
+    assert any("experts" in n for n in decayed)
+    assert kept and all("norm" in n or "scale" in n or "weight" in n for n in kept), kept
+
+
+def test_gradient_clipping_comes_before_adam():
+    """The moments AdamW accumulates are those of the clipped gradient (global norm
+    ``clip_norm``), not of the raw one."""
+    from minimoe.train import _transform
+    tx = _transform(TCFG.replace(lr=1e-2, warmup_steps=0, clip_norm=0.5))
+    params = {"a": jnp.ones((3, 3)), "b": jnp.ones((4,))}
+    g = {"a": jnp.full((3, 3), 100.0), "b": jnp.arange(4.0) * 50}
+    _, state = tx.update(g, tx.init(params), params)
+    adam = [s for s in jax.tree_util.tree_leaves(
+        state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)][0]
+    norm = float(np.sqrt(sum(float(jnp.sum(x ** 2)) for x in g.values())))
+    for k in g:  # first moment after one step: (1 - b1) * clipped gradient, b1 = 0.9
+        np.testing.assert_allclose(np.asarray(adam.mu[k]), 0.1 * np.asarray(g[k]) * 0.5 / norm,
+                                   rtol=1e-5)
