@@ -34,7 +34,8 @@ nbval: install
 	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 notebooks: install  ## re-execute every notebook in place: how stored outputs are refreshed
-	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
+	$(BIN)/python tools/execute_notebooks.py --record-runtimes $(NOTEBOOKS)
+	$(BIN)/python tools/runtimes.py
 	$(BIN)/python tools/export_figures.py
 
 colab-check:  ## unit tests + every notebook executed (no output comparison) on Colab's stack

@@ -4,6 +4,12 @@ stderr (JAX's platform warnings, progress bars) and rich HTML/widget outputs var
 and machines; they are not part of a notebook's contract. Plain-text outputs are.
 """
 
+import os
+
+# Training cells store a finished text progress bar, not a widget (minimoe.train.progress_bar);
+# the kernels nbval starts inherit this environment.
+os.environ.setdefault("MINIMOE_PROGRESS", "text")
+
 
 def pytest_collectstart(collector):
     if collector.fspath and collector.fspath.ext == ".ipynb":

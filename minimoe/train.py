@@ -200,6 +200,36 @@ def exact_match(model, docs, batch_size: int = 128) -> float:
     return answer_metrics(model, docs, batch_size)["exact_match"]
 
 
+PROGRESS_ENV = "MINIMOE_PROGRESS"
+PROGRESS_KINDS = ("widget", "text")
+
+
+def progress_bar(total: int, initial: int = 0, *, enabled: bool = True):
+    """A tqdm bar for a training run, of the kind the environment variable ``MINIMOE_PROGRESS``
+    names: ``widget`` (the default; a live bar in JupyterLab or Colab, plain text in a
+    terminal) or ``text`` (plain text on stderr, kept when finished).
+
+    Executed and stored notebooks use ``text`` (``tools/execute_notebooks.py`` and the root
+    ``conftest.py`` set it): a stored widget cannot show its final state, so a saved notebook
+    would show every run stuck at 0%; a text bar is stored as it finished.
+    Refreshes at most every 2 s: a cell that trains several models must not flood the
+    kernel's output channel (Jupyter drops messages past its queue limit).
+    """
+    import os
+    import sys
+
+    kind = os.environ.get(PROGRESS_ENV, "widget")
+    if kind not in PROGRESS_KINDS:
+        raise ValueError(f"{PROGRESS_ENV} must be one of {list(PROGRESS_KINDS)}, got {kind!r}")
+    if kind == "text":
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, disable=not enabled, desc="train", leave=True,
+                    mininterval=2.0, file=sys.stderr, ascii=True)
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", leave=False,
+                mininterval=2.0)
+
+
 @dataclass
 class History:
     """Metrics per step: ``train`` rows (step, loss, ...) and ``val`` rows (step, val_loss, ...)."""
@@ -232,17 +262,15 @@ class Trainer:
         return evaluate(self.model, self._val, self.val_data.domain_names)
 
     def run(self, until: int | None = None, *, progress: bool = True) -> History:
-        """Train until step ``until`` (default ``tcfg.steps``), evaluating every ``eval_every``."""
-        from tqdm.auto import tqdm
+        """Train until step ``until`` (default ``tcfg.steps``), evaluating every ``eval_every``.
 
+        ``progress`` shows a progress bar (see ``progress_bar`` for its two kinds).
+        """
         until = self.tcfg.steps if until is None else until
         if until > self.tcfg.steps:
             raise ValueError(f"until={until} is beyond the schedule's steps={self.tcfg.steps}")
         t = self.tcfg
-        # One refresh every 2 s at most: a notebook cell that trains several models must not
-        # flood the kernel's output channel (Jupyter drops messages past its queue limit).
-        bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", leave=False,
-                   mininterval=2.0)
+        bar = progress_bar(until, self.step, enabled=progress)
         while self.step < until:
             b = get_batch(self.train_data, t.batch_size, t.seq_len, t.seed, self.step)
             m = train_step(self.model, self.optimizer, jnp.asarray(b.inputs),

@@ -2,9 +2,12 @@
 
 This is how stored outputs are refreshed after a package change. Volatile metadata
 (execution timestamps, widget state) is removed; outputs are kept, since nbval checks them.
-Prints each notebook's wall time, the figure the README reports.
+Prints each notebook's wall time; with ``--record-runtimes`` also stores it in
+``notebooks/runtimes.json``, the one table the README and the notebook headers are written from
+(``tools/runtimes.py``).
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +16,14 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+import runtimes
+
+
+def settle(text: str) -> str:
+    """A stream's text as a terminal shows it: each line's last carriage-return overwrite
+    (a progress bar's final state), not every intermediate one."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
 
 def clean(nb) -> None:
     nb.metadata.pop("widgets", None)
@@ -20,11 +31,18 @@ def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = settle(out["text"])
 
 
-def main(paths: list[str]) -> int:
+def main(args: list[str]) -> int:
+    record = "--record-runtimes" in args  # measured alone on the machine: the README's figures
+    paths = [a for a in args if a != "--record-runtimes"]
+    # stored training cells show a finished text bar, not a widget frozen at 0%
+    os.environ["MINIMOE_PROGRESS"] = "text"
     if not paths:
-        print("usage: execute_notebooks.py NOTEBOOK.ipynb ...")
+        print("usage: execute_notebooks.py [--record-runtimes] NOTEBOOK.ipynb ...")
         return 2
     for p in map(Path, paths):
         nb = nbformat.read(p, as_version=4)
@@ -38,9 +56,12 @@ def main(paths: list[str]) -> int:
             nbformat.write(nb, p)
             print(f"{p.name}: FAILED after {time.perf_counter() - t0:.0f} s\n{e}", flush=True)
             return 1
+        seconds = time.perf_counter() - t0
         clean(nb)
         nbformat.write(nb, p)
-        print(f"{p.name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if record:
+            runtimes.record(p, seconds)
+        print(f"{p.name}: {seconds:.0f} s", flush=True)
     return 0
 
 
