@@ -15,6 +15,12 @@ Every attention variant in minimoe follows the same contract:
 Without a cache the whole sequence is processed causally. With a cache, the new tokens are
 written at ``cache.pos`` and attend to everything cached before them, so prefill and
 token-by-token decoding are the same code path.
+
+A cache of ``max_len`` slots holds ``max_len`` tokens (the sliding ring excepted: it keeps the
+last ``window`` by design). Writing past its end is refused (``check_cache_room``): with a
+concrete ``cache.pos`` (eager calls) it is a ``ValueError``; under ``jit`` the position is
+only known when the step runs, so the outputs of an overflowing call are NaN -- never the
+silently wrong numbers ``dynamic_update_slice`` would give by clamping the write index.
 """
 
 from __future__ import annotations
@@ -79,6 +85,29 @@ def ring_write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
     return buf.at[:, idx].set(new[:, s - m:].astype(buf.dtype))
 
 
+def check_cache_room(pos: jax.Array, new_tokens: int, slots: int) -> jax.Array | None:
+    """Whether ``new_tokens`` tokens written at ``pos`` overflow a cache of ``slots`` slots.
+
+    With a concrete ``pos`` (an eager call) an overflow raises ``ValueError`` at once and the
+    result is ``None`` (nothing to poison). Under tracing (``jit``) ``pos`` has no value yet:
+    the result is a traced bool scalar, True on overflow, for ``poison_on_overflow``.
+    """
+    try:
+        start = int(pos)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return pos + new_tokens > slots
+    if start + new_tokens > slots:
+        raise ValueError(f"KV cache overflow: writing {new_tokens} tokens at position {start} "
+                         f"needs {start + new_tokens} slots, the cache has {slots} "
+                         f"(build it with init_cache(batch, max_len >= {start + new_tokens}))")
+    return None
+
+
+def poison_on_overflow(y: jax.Array, overflow: jax.Array | None) -> jax.Array:
+    """``y``, or all NaN when ``overflow`` (from ``check_cache_room``) is True under ``jit``."""
+    return y if overflow is None else jnp.where(overflow, jnp.nan, y)
+
+
 SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
 
 
@@ -135,14 +164,15 @@ class Attention(nnx.Module):
     """Causal multi-head attention with ``n_kv_heads`` key/value heads and RoPE.
 
     Attributes: ``wq`` [d_model, n_heads*head_dim], ``wk``, ``wv`` [d_model, n_kv_heads*head_dim],
-    ``wo`` [n_heads*head_dim, d_model]; ``window`` (None = full causal attention).
+    ``wo`` [n_heads*head_dim, d_model]; ``window``: ``cfg.sliding_window`` when
+    ``cfg.attention == 'sliding'``, else None (full causal attention).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, window: int | None = None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
         self.rope_theta = cfg.rope_theta
-        self.window = window
+        self.window = cfg.sliding_window if cfg.attention == "sliding" else None
         self.wq = nnx.Param(init_weight(rngs.params(), (d, h * hd), d))
         self.wk = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
         self.wv = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
@@ -170,10 +200,11 @@ class Attention(nnx.Module):
         b, s, _ = x.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
         q, k, v, q_pos = self.project_qkv(x, start)
-        valid = None
+        valid = overflow = None
         if cache is None:
             k_pos = q_pos
         elif self.window is None:  # write the new keys/values at cache.pos, attend over the buffer
+            overflow = check_cache_room(start, s, cache.k.shape[1])
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
             cache = KVCache(k, v, start + s)
@@ -191,7 +222,8 @@ class Attention(nnx.Module):
         if valid is not None:
             mask &= valid[None, :]
         out = grouped_attention(q, k, v, mask)
-        return linear(out.reshape(b, s, -1), self.wo[...]), cache
+        y = linear(out.reshape(b, s, -1), self.wo[...])
+        return poison_on_overflow(y, overflow), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: keys and values of every KV head."""

@@ -192,6 +192,7 @@ def layer_inputs(cfg: BenchConfig, seed: int = 0) -> tuple[jax.Array, jax.Array]
 def layer_step(module: nnx.Module) -> tuple[Callable, nnx.State]:
     """A jitted forward + backward of an FFN layer: ``step(params, x, g)`` returns
     ``sum(y * g)`` and its gradients w.r.t. ``params`` and ``x``. Also returns the params.
+    An ``MoELayer`` runs with ``train=True``, so its capacity factor applies.
 
     ``MoELayer`` takes ``x`` [batch, seq, d_model] and flattens the tokens itself. A dense
     ``SwiGLU`` gets them flattened too, as one [tokens, d_model] matrix: on XLA's CPU backend
@@ -203,7 +204,7 @@ def layer_step(module: nnx.Module) -> tuple[Callable, nnx.State]:
     def loss(params, x, g):
         layer = nnx.merge(graphdef, params, rest)
         if isinstance(layer, MoELayer):
-            y, _ = layer(x)
+            y, _ = layer(x, train=True)  # a training step: capacity applies
         else:
             y = layer(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         return jnp.sum(y * g)

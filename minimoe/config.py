@@ -10,7 +10,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ATTENTION_KINDS = ("gqa", "mla", "sliding", "sparse")
+# Which attention kind reads which ModelConfig field, besides the ones every kind reads
+# (d_model, n_heads, rope_theta, max_seq_len, ...). "needs": must be set; "uses": read when set.
+# A field that defaults to None (sliding_window, sparse_top_k, q_lora_rank) must stay None for
+# a kind that lists it nowhere: it would otherwise silently do nothing. A new attention kind is
+# one more line here.
+ATTENTION_FIELDS = {
+    "gqa": {"needs": (), "uses": ()},
+    "sliding": {"needs": ("sliding_window",), "uses": ()},
+    "mla": {"needs": (), "uses": ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                                  "qk_rope_head_dim", "v_head_dim")},
+    "sparse": {"needs": ("sparse_top_k",), "uses": ("index_head_dim", "index_n_heads")},
+}
+ATTENTION_KINDS = tuple(ATTENTION_FIELDS)
 ROUTERS = ("softmax", "switch", "noisy_topk", "deepseek_v3", "deepseek_v4", "expert_choice")
 DISPATCHES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
 
@@ -25,6 +37,23 @@ def _positive(name: str, value, allow_none: bool = False) -> None:
 def _non_negative(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _number(name: str, value, allow_none: bool = False) -> None:
+    """A number > 0 (``bool`` is not a number here, although Python counts it as an int)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0{', or None' if allow_none else ''}, "
+                         f"got {value!r}")
+
+
+def _boolean(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False{', or None' if allow_none else ''}, "
+                         f"got {value!r}")
 
 
 def _one_of(name: str, value, allowed) -> None:
@@ -43,19 +72,28 @@ class MoEConfig:
         n_shared_experts: experts every token uses (DeepSeekMoE); 0 for none.
         d_shared: hidden size of one shared expert (defaults to ``d_expert``).
         router: scoring/selection rule, one of ``ROUTERS``.
-        renormalize: rescale the selected weights to sum to one (softmax routers).
+        renormalize: rescale the selected weights to sum to one (token-choice routers).
+            ``None`` (the default) means ``top_k > 1``: with one expert per token the
+            renormalised weight is always 1, so the router would get no gradient from the
+            language-model loss (Switch Transformer §2.1); ``True`` with ``top_k=1`` is an
+            error. Expert choice does not use it (leave it ``None``).
         routed_scaling_factor: multiplier on the routed experts' weights, for every router
             (DeepSeek-V3 ``route_scale``; 2.5 there, 1.0 elsewhere).
         n_group, topk_group: group-limited routing (DeepSeek-V3): experts are split into
             ``n_group`` groups and a token may only pick experts from its ``topk_group`` best.
         router_noise_std: std of the logit noise of ``noisy_topk`` (training only).
         capacity_factor: tokens an expert may take, as a multiple of the even share
-            ``tokens * top_k / n_experts``; ``None`` means dropless.
-        dispatch: how tokens reach experts, one of ``DISPATCHES``.
+            ``tokens * top_k / n_experts``; ``None`` means dropless. Token-choice routers
+            apply it in training only (``train=True``): inference -- evaluation, prefill and
+            decoding -- is dropless, so a cached decode equals the full forward pass. Expert
+            choice needs it (the tokens each expert picks) and applies it always.
+        dispatch: how tokens reach experts, one of ``DISPATCHES`` (token-choice routers; expert
+            choice gathers the tokens its experts chose and must keep the default).
         aux_loss_coef: weight of the Switch load-balancing loss.
         seq_aux_loss_coef: weight of DeepSeek-V3's sequence-wise balance loss.
         z_loss_coef: weight of the router z-loss (ST-MoE).
-        bias_update_rate: step size of DeepSeek's aux-loss-free bias balancing; 0 disables it.
+        bias_update_rate: step size of DeepSeek's aux-loss-free bias balancing; 0 disables it
+            (only the DeepSeek routers have the bias).
     """
 
     n_experts: int = 8
@@ -64,7 +102,7 @@ class MoEConfig:
     n_shared_experts: int = 0
     d_shared: int | None = None
     router: str = "softmax"
-    renormalize: bool = True
+    renormalize: bool | None = None
     routed_scaling_factor: float = 1.0
     n_group: int = 1
     topk_group: int = 1
@@ -106,18 +144,48 @@ class MoEConfig:
             raise ValueError(
                 f"topk_group={self.topk_group} groups of {self.n_experts // self.n_group} experts "
                 f"cannot hold top_k={self.top_k} experts")
-        if self.capacity_factor is not None and not (
-                isinstance(self.capacity_factor, (int, float)) and self.capacity_factor > 0):
-            raise ValueError(
-                f"capacity_factor must be > 0, or None for dropless, got {self.capacity_factor!r}")
+        _number("capacity_factor", self.capacity_factor, allow_none=True)
         if self.capacity_factor is not None and self.dispatch in ("dropless", "ragged_dot"):
             raise ValueError(
                 f"dispatch {self.dispatch!r} is dropless; set capacity_factor=None "
                 f"(got {self.capacity_factor!r}) or use dispatch 'sort' or 'onehot'")
         for name in ("aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "bias_update_rate",
-                     "router_noise_std"):
+                     "router_noise_std", "routed_scaling_factor"):
             _non_negative(name, getattr(self, name))
-        _non_negative("routed_scaling_factor", self.routed_scaling_factor)
+        _boolean("renormalize", self.renormalize, allow_none=True)
+        # settings that would silently do nothing
+        if self.n_shared_experts == 0 and self.d_shared is not None:
+            raise ValueError(f"d_shared={self.d_shared!r} sizes shared experts, but "
+                             f"n_shared_experts=0; set n_shared_experts >= 1 or d_shared=None")
+        if self.bias_update_rate > 0 and self.router not in ("deepseek_v3", "deepseek_v4"):
+            raise ValueError(f"bias_update_rate={self.bias_update_rate!r} updates the selection "
+                             f"bias of the DeepSeek routers; router {self.router!r} has none: "
+                             f"use router 'deepseek_v3' or 'deepseek_v4', or bias_update_rate=0")
+        if self.router == "expert_choice":
+            if self.capacity_factor is None:
+                raise ValueError("router 'expert_choice' needs capacity_factor (each expert takes "
+                                 "capacity_factor * tokens * top_k / n_experts tokens), got None")
+            if self.dispatch != "sort":
+                raise ValueError(f"router 'expert_choice' gathers the tokens its experts chose and "
+                                 f"uses no dispatch strategy: leave dispatch at 'sort', "
+                                 f"got {self.dispatch!r}")
+            if self.renormalize is not None:
+                raise ValueError(f"router 'expert_choice' does not renormalise; leave renormalize "
+                                 f"None, got {self.renormalize!r}")
+            for name in ("aux_loss_coef", "seq_aux_loss_coef"):
+                if getattr(self, name) > 0:
+                    raise ValueError(f"{name}={getattr(self, name)!r} does nothing under router "
+                                     f"'expert_choice' (its load is balanced by construction); "
+                                     f"set it to 0")
+        elif self.renormalize is True and self.top_k == 1:
+            raise ValueError("renormalize=True with top_k=1 makes every weight 1, so the router "
+                             "gets no gradient from the language-model loss; use renormalize=None "
+                             "or False (weight = the expert's score, as in the Switch Transformer)")
+
+    @property
+    def renormalize_weights(self) -> bool:
+        """Whether token-choice routers rescale the selected weights to sum to one."""
+        return self.top_k > 1 if self.renormalize is None else self.renormalize
 
     @property
     def shared_hidden(self) -> int:
@@ -147,9 +215,11 @@ class ModelConfig:
         d_ff: hidden size of the dense SwiGLU feed-forward.
         max_seq_len: longest sequence the model (and its KV cache) handles.
         rope_theta: base of the rotary position embedding frequencies.
-        norm_eps: epsilon of RMSNorm.
+        norm_eps: epsilon of the blocks' RMSNorms (MLA's inner q/kv norms keep DeepSeek's
+            fixed 1e-6, see ``minimoe.mla``).
         tie_embeddings: reuse the input embedding as output projection.
-        attention: attention variant, one of ``ATTENTION_KINDS``.
+        attention: attention variant, one of ``ATTENTION_KINDS`` (``ATTENTION_FIELDS`` says
+            which of the fields below each one reads).
         moe: settings of the MoE feed-forward; ``None`` makes every layer dense.
         first_k_dense: with ``moe``, the first k layers keep a dense FFN (DeepSeek's
             ``first_k_dense_replace``).
@@ -205,10 +275,9 @@ class ModelConfig:
                 f"n_kv_heads must divide n_heads ({self.n_heads}), got n_kv_heads={self.n_kv_heads}")
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        _number("rope_theta", self.rope_theta)
+        _number("norm_eps", self.norm_eps)
+        _boolean("tie_embeddings", self.tie_embeddings)
         if self.moe is not None and not isinstance(self.moe, MoEConfig):
             raise ValueError(f"moe must be a MoEConfig or None, got {type(self.moe).__name__}")
         if isinstance(self.first_k_dense, bool) or not isinstance(self.first_k_dense, int) \
@@ -216,10 +285,20 @@ class ModelConfig:
             raise ValueError(
                 f"first_k_dense must be an integer in [0, n_layers={self.n_layers}], "
                 f"got {self.first_k_dense!r}")
-        if self.attention == "sliding" and self.sliding_window is None:
-            raise ValueError("attention='sliding' needs sliding_window (a positive integer), got None")
-        if self.attention == "sparse" and self.sparse_top_k is None:
-            raise ValueError("attention='sparse' needs sparse_top_k (a positive integer), got None")
+        fields = ATTENTION_FIELDS[self.attention]
+        for name in fields["needs"]:
+            if getattr(self, name) is None:
+                raise ValueError(f"attention={self.attention!r} needs {name} (a positive integer), "
+                                 f"got None")
+        used_by = {}
+        for kind, f in ATTENTION_FIELDS.items():
+            for name in f["needs"] + f["uses"]:
+                used_by.setdefault(name, []).append(kind)
+        for name, kinds in used_by.items():
+            unset = next(fl.default for fl in dataclasses.fields(self) if fl.name == name)
+            if unset is None and self.attention not in kinds and getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} is used only by attention "
+                                 f"{kinds}; with attention={self.attention!r} leave it None")
 
     @property
     def head_dim(self) -> int:

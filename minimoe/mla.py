@@ -23,6 +23,11 @@ Two ways to run the same math (``absorb``):
   the output, so attention runs directly on the latent: no per-head key or value is ever built.
   This is how DeepSeek-V3's ``inference/model.py`` decodes (its ``attn_impl == "absorb"``).
 Both give the same outputs (tested); absorbed is the cheap one when decoding long contexts.
+
+Two details follow DeepSeek's code (DeepSeek-V3 ``inference/model.py``) so the two can be
+read side by side: RoPE pairs are *interleaved* (channels 2i and 2i+1, read as one complex
+number; ``rope.apply_rope(..., interleaved=True)``), and the inner norms ``q_norm`` and
+``kv_norm`` use a fixed epsilon of 1e-6 (``MLA_NORM_EPS``, whatever ``cfg.norm_eps`` is).
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, causal_mask
+from .attention import NEG_INF, causal_mask, check_cache_room, poison_on_overflow
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .norm import RMSNorm
 from .rope import apply_rope, rope_angles
+
+
+MLA_NORM_EPS = 1e-6  # DeepSeek's RMSNorm default, used for q_norm and kv_norm
 
 
 class MLACache(NamedTuple):
@@ -120,11 +128,11 @@ class MLAttention(nnx.Module):
         else:
             r = cfg.q_lora_rank
             self.w_dq = nnx.Param(init_weight(rngs.params(), (d, r), d))
-            self.q_norm = RMSNorm(r, cfg.norm_eps)
+            self.q_norm = RMSNorm(r, MLA_NORM_EPS)
             self.w_uq = nnx.Param(init_weight(rngs.params(), (r, h * qk), r))
         c = cfg.kv_lora_rank
         self.w_dkv = nnx.Param(init_weight(rngs.params(), (d, c + cfg.qk_rope_head_dim), d))
-        self.kv_norm = RMSNorm(c, cfg.norm_eps)
+        self.kv_norm = RMSNorm(c, MLA_NORM_EPS)
         self.w_ukv = nnx.Param(
             init_weight(rngs.params(), (c, h * (cfg.qk_nope_head_dim + cfg.v_head_dim)), c))
         self.wo = nnx.Param(init_weight(rngs.params(), (h * cfg.v_head_dim, d), h * cfg.v_head_dim))
@@ -154,14 +162,17 @@ class MLAttention(nnx.Module):
         else:
             q = linear(self.q_norm(linear(x, self.w_dq[...])), self.w_uq[...])
         q = q.reshape(b, s, h, nope + rope)
-        q_nope, q_rope = q[..., :nope], apply_rope(q[..., nope:], cos, sin)
+        q_nope, q_rope = q[..., :nope], apply_rope(q[..., nope:], cos, sin, interleaved=True)
         # compressed latent and shared rope key (eqs. 9, 15): this is all that gets cached
         kv = linear(x, self.w_dkv[...])  # [batch, seq, kv_lora_rank + qk_rope]
         latent = self.kv_norm(kv[..., :self.kv_lora_rank])  # [batch, seq, kv_lora_rank]
-        k_rope = apply_rope(kv[..., None, self.kv_lora_rank:], cos, sin)[:, :, 0]  # [b, seq, rope]
+        k_rope = apply_rope(kv[..., None, self.kv_lora_rank:], cos, sin,
+                            interleaved=True)[:, :, 0]  # [batch, seq, qk_rope]
+        overflow = None
         if cache is None:
             k_pos = q_pos
         else:
+            overflow = check_cache_room(start, s, cache.latent.shape[1])
             latent = jax.lax.dynamic_update_slice(
                 cache.latent, latent.astype(cache.latent.dtype), (0, start, 0))
             k_rope = jax.lax.dynamic_update_slice(
@@ -171,7 +182,8 @@ class MLAttention(nnx.Module):
         w_uk, w_uv = self._up_weights()
         attend = mla_absorbed if absorb else mla_naive
         out = attend(q_nope, q_rope, latent, k_rope, w_uk, w_uv, causal_mask(q_pos, k_pos))
-        return linear(out.reshape(b, s, h * self.v_head_dim), self.wo[...]), cache
+        y = linear(out.reshape(b, s, h * self.v_head_dim), self.wo[...])
+        return poison_on_overflow(y, overflow), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: the latent plus the shared rope key."""

@@ -22,10 +22,8 @@ from .norm import RMSNorm
 
 def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """The attention module named by ``cfg.attention``."""
-    if cfg.attention == "gqa":
+    if cfg.attention in ("gqa", "sliding"):  # Attention reads cfg.sliding_window itself
         return Attention(cfg, rngs=rngs)
-    if cfg.attention == "sliding":
-        return Attention(cfg, rngs=rngs, window=cfg.sliding_window)
     if cfg.attention == "mla":
         from .mla import MLAttention
         return MLAttention(cfg, rngs=rngs)
@@ -91,7 +89,14 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, cache=None, *, train: bool = False,
                  key: jax.Array | None = None) -> LMOutput:
-        """tokens: [batch, seq] int. ``key`` feeds training-time noise (noisy top-k routing)."""
+        """tokens: [batch, seq] int. ``key`` feeds training-time noise (noisy top-k routing).
+
+        With a ``cache`` (prefill and decoding) the MoE layers are dropless, as in every
+        inference call (``MoELayer``), so decoding equals the full forward pass; expert-choice
+        routing, which picks tokens by looking at the whole batch, is refused.
+        """
+        if cache is not None:
+            check_decodable(self.cfg)
         x = jnp.take(self.embed[...], tokens, axis=0)  # [batch, seq, d_model]
         new_cache, stats = [], []
         for i, block in enumerate(self.blocks):
@@ -114,6 +119,20 @@ class Transformer(nnx.Module):
     def moe_layers(self) -> list:
         """The MoE feed-forward layers, in order (their stats come in the same order)."""
         return [b.ffn for b in self.blocks if b.is_moe]
+
+
+def check_decodable(cfg: ModelConfig) -> None:
+    """Raise ``ValueError`` if a model with this config cannot decode with a KV cache.
+
+    Expert choice (Zhou et al. 2022) lets each expert pick its tokens among all tokens of the
+    call: a token's output depends on the later tokens, so no causal token-by-token decoding
+    reproduces the forward pass. Every token-choice router can decode.
+    """
+    if cfg.moe is not None and cfg.moe.router == "expert_choice":
+        raise ValueError("router 'expert_choice' cannot decode with a KV cache: each expert picks "
+                         "its tokens among all tokens of the call, including later ones, so "
+                         "decoding one token at a time would route differently from the forward "
+                         "pass; use a token-choice router (any router except 'expert_choice')")
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0,
@@ -144,6 +163,7 @@ def generate(model: Transformer, prompt: jax.Array, max_new_tokens: int, key: ja
 
     prompt: [batch, prompt_len] int. Returns [batch, prompt_len + max_new_tokens].
     """
+    check_decodable(model.cfg)
     b, p = prompt.shape
     total = p + max_new_tokens
     if total > model.cfg.max_seq_len:

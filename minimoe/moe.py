@@ -143,6 +143,15 @@ def routing_by_domain(expert_index, domains, n_domains: int, n_experts: int) -> 
     return counts / jnp.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
 
+def check_moe_input(x: jax.Array, d_model: int) -> None:
+    """An MoE layer takes [batch, seq, d_model] (the sequence axis matters for the
+    sequence-wise balance loss); anything else is a ``ValueError`` that says so."""
+    if x.ndim != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"an MoE layer takes x of shape [batch, seq, d_model={d_model}], got "
+                         f"shape {tuple(x.shape)}" + (" (add a batch axis: x[None])"
+                                                      if x.ndim == 2 else ""))
+
+
 class MoELayer(nnx.Module):
     """A sparse MoE feed-forward layer (DeepSeekMoE style).
 
@@ -170,10 +179,16 @@ class MoELayer(nnx.Module):
                  rngs: nnx.Rngs | jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
         """x: [batch, seq, d_model] -> (y [batch, seq, d_model], MoEStats).
 
-        ``train`` and ``rngs`` (an ``nnx.Rngs``, whose ``noise`` stream is used, or a plain PRNG
-        key) only matter for the ``noisy_topk`` router (noise in training).
+        ``train=True`` applies ``capacity_factor`` (token-choice routers drop over-capacity
+        assignments in training only); inference is dropless, so the output of a token does not
+        depend on how many tokens share the call, and a KV-cached decode equals the full
+        forward pass. Expert choice always picks ``capacity`` tokens per expert (it is not
+        causal; ``Transformer`` refuses it in cached calls). ``rngs`` (an ``nnx.Rngs``, whose
+        ``noise`` stream is used, or a plain PRNG key) feeds the ``noisy_topk`` router's noise
+        in training.
         """
         cfg = self.cfg
+        check_moe_input(x, self.d_model)
         batch, seq, d_model = x.shape
         tokens = x.reshape(batch * seq, d_model)  # [T, d]
         routing = self.router(tokens, train=train, rngs=rngs)
@@ -184,7 +199,7 @@ class MoELayer(nnx.Module):
             stats = expert_choice_stats(routing, times_picked, cfg)
         else:
             capacity = compute_capacity(batch * seq, cfg.top_k, cfg.n_experts,
-                                        cfg.capacity_factor)
+                                        cfg.capacity_factor) if train else None
             result = dispatch(cfg.dispatch, tokens, routing.expert_index,
                               routing.expert_weights, w_gate, w_up, w_down, capacity=capacity)
             routed = result.output
@@ -205,4 +220,4 @@ class MoELayer(nnx.Module):
         bias = self.router.bias
         if bias is None or self.cfg.bias_update_rate <= 0:
             return
-        bias.value = update_router_bias(bias[...], load, self.cfg.bias_update_rate)
+        bias[...] = update_router_bias(bias[...], load, self.cfg.bias_update_rate)

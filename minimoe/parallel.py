@@ -60,7 +60,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from minimoe.dispatch import (DispatchResult, compute_capacity, count_tokens_per_expert,
                               position_in_expert)
 from minimoe.experts import expert_ffn
-from minimoe.moe import MoELayer, MoEStats, token_choice_stats
+from minimoe.moe import MoELayer, MoEStats, check_moe_input, token_choice_stats
 
 DATA = "data"
 EXPERT = "expert"
@@ -292,9 +292,10 @@ class ExpertParallelMoELayer(MoELayer):
         ``jit`` spreads over the devices by itself;
       - the routed experts with ``expert_parallel_dispatch``: capacity per (device, expert),
         from the device's own token count, so drops are decided per device.
-    Hence ``output == per_shard_reference(layer, x, mesh.size)``; with nothing dropped
-    (``capacity_factor=None`` or enough slack) it equals ``layer(x)``, the single-device
-    layer on the whole batch. ``stats.dropped_fraction`` counts the drops that happened.
+    Hence ``output == per_shard_reference(layer, x, mesh.size, train)``; with nothing dropped
+    (``capacity_factor=None``, enough slack, or ``train=False``: as in ``MoELayer``, capacity
+    applies in training only) it equals ``layer(x)``, the single-device layer on the whole
+    batch. ``stats.dropped_fraction`` counts the drops that happened.
 
     Attributes: ``router``, ``experts``, ``shared_experts``, ``cfg`` as in ``MoELayer``;
     ``mesh``.
@@ -316,14 +317,16 @@ class ExpertParallelMoELayer(MoELayer):
                  rngs: nnx.Rngs | jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
         """x: [batch, seq, d_model] -> (y [batch, seq, d_model], MoEStats)."""
         cfg, mesh = self.cfg, self.mesh
+        check_moe_input(x, self.d_model)
         batch, seq, d_model = x.shape
         if batch % mesh.size:
             raise ValueError(f"batch={batch} must be divisible by the {mesh.size} devices of the "
                              f"mesh (each device takes whole sequences)")
         tokens = x.reshape(batch * seq, d_model)  # [T, d]
         routing = self.router(tokens, train=train, rngs=rngs)
+        # as in MoELayer: capacity in training only, inference is dropless
         capacity = device_capacity(batch * seq // mesh.size, cfg.top_k, cfg.n_experts,
-                                   cfg.capacity_factor)
+                                   cfg.capacity_factor if train else None)
         result = expert_parallel_dispatch(tokens, routing.expert_index, routing.expert_weights,
                                           *self.experts.weights(), mesh=mesh, capacity=capacity)
         stats = token_choice_stats(routing, result.kept, result.tokens_per_expert, cfg,
@@ -334,21 +337,22 @@ class ExpertParallelMoELayer(MoELayer):
         return y.astype(x.dtype).reshape(batch, seq, d_model), stats
 
 
-def per_shard_reference(layer: MoELayer, x: jax.Array, n_shards: int
+def per_shard_reference(layer: MoELayer, x: jax.Array, n_shards: int, train: bool = False
                         ) -> tuple[jax.Array, MoEStats]:
     """What ``ExpertParallelMoELayer`` promises, computed with the single-device layer.
 
     The output is ``layer`` applied to each of the ``n_shards`` consecutive slices of the
     batch separately (so its capacity comes from the per-shard token count and drops are
     decided per shard), concatenated. The statistics are those of ``layer`` on the whole
-    batch, except ``dropped_fraction``, which is the mean over the shards.
+    batch, except ``dropped_fraction``, which is the mean over the shards. ``train`` is passed
+    to the layer (capacity applies in training only).
     """
     batch = x.shape[0]
     if batch % n_shards:
         raise ValueError(f"batch={batch} must be divisible by n_shards={n_shards}")
     shards = x.reshape((n_shards, batch // n_shards) + x.shape[1:])  # [n_shards, B / n, S, d]
-    y, shard_stats = jax.vmap(layer)(shards)  # the layer on each shard, independently
-    _, stats = layer(x)
+    y, shard_stats = jax.vmap(lambda xs: layer(xs, train=train))(shards)  # each shard alone
+    _, stats = layer(x, train=train)
     return (y.reshape(x.shape),
             stats._replace(dropped_fraction=jnp.mean(shard_stats.dropped_fraction)))
 

@@ -1,8 +1,21 @@
 """Rotary position embeddings (Su et al. 2021, "RoFormer", eq. 34).
 
-Each pair of channels ``(x[i], x[i + d/2])`` of a query or key is rotated by the angle
+Channel pair i of a query or key (i = 0 .. d/2 - 1) is rotated by the angle
 ``position * theta ** (-2i/d)``. A query at position m dotted with a key at position n then
 depends only on m - n: attention sees relative positions without any learned table.
+
+Which channels form pair i is a layout choice; both give the same attention once the weights
+are trained, but a checkpoint only works with the layout it was trained with:
+
+- half split (``interleaved=False``, the default here): pair i is ``(x[i], x[i + d/2])``. This
+  is GPT-NeoX's layout, and Llama's and Mistral's in Hugging Face ``transformers``
+  (``rotate_half``); rotating is two slices and one concatenation. minimoe's GQA, sliding and
+  sparse attention use it.
+- interleaved (``interleaved=True``): pair i is ``(x[2i], x[2i + 1])``, RoFormer's eq. 34 as
+  written. DeepSeek's own MLA code (``apply_rotary_emb`` in DeepSeek-V3's
+  ``inference/model.py``) reads each pair as one complex number ``x[2i] + j x[2i+1]`` and
+  multiplies it by ``exp(j * angle)``; ``minimoe.mla`` uses this layout so the two can be
+  compared line by line.
 """
 
 from __future__ import annotations
@@ -18,13 +31,20 @@ def rope_angles(positions: jax.Array, dim: int, theta: float = 10000.0) -> tuple
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, interleaved: bool = False) -> jax.Array:
     """Rotate the channel pairs of ``x`` [batch, seq, heads, dim] by the given angles.
 
-    cos, sin: [seq, dim/2]. Uses the "half split" pairing (channel i with i + dim/2).
+    cos, sin: [seq, dim/2]. Pair i is ``(x[i], x[i + dim/2])`` (half split, default) or
+    ``(x[2i], x[2i + 1])`` (``interleaved=True``); each pair (a, b) becomes
+    ``(a cos - b sin, a sin + b cos)``.
     """
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]  # [batch, seq, heads, dim/2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = jnp.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+    if interleaved:
+        pairs = x.reshape(*x.shape[:-1], -1, 2)  # [batch, seq, heads, dim/2, 2]
+        a, b = pairs[..., 0], pairs[..., 1]
+        out = jnp.stack([a * c - b * s, a * s + b * c], axis=-1).reshape(x.shape)
+    else:
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]  # [batch, seq, heads, dim/2]
+        out = jnp.concatenate([a * c - b * s, a * s + b * c], axis=-1)
     return out.astype(x.dtype)

@@ -132,12 +132,14 @@ def switch_top1(logits: jax.Array) -> RouterOutput:
 
 
 def noisy_topk(logits: jax.Array, top_k: int, key: jax.Array | None, noise_std: float,
-               train: bool) -> RouterOutput:
+               train: bool, renormalize: bool = True) -> RouterOutput:
     """Noisy top-k gating (Shazeer et al. 2017, "Outrageously Large Neural Networks", eq. 3-5).
 
     ``H = h + noise_std * N(0, 1)`` during training (``train=True`` and a ``key`` given),
     ``H = h`` otherwise; ``G = softmax(KeepTopK(H, k))``. The weights are the softmax over the
-    kept noisy logits, i.e. the top-k of ``softmax(H)`` renormalised to sum to 1.
+    kept noisy logits, i.e. the top-k of ``softmax(H)`` renormalised to sum to 1; with
+    ``renormalize=False`` they stay the selected probabilities (needed for ``top_k=1``, where
+    the renormalised weight is always 1 and the router would not learn).
 
     Choice made here: the noise std is a fixed number (the paper learns a per-expert std with
     a second weight matrix ``W_noise``), and ``scores`` is ``softmax(H)`` -- the
@@ -151,7 +153,9 @@ def noisy_topk(logits: jax.Array, top_k: int, key: jax.Array | None, noise_std: 
         noisy = logits + noise_std * jax.random.normal(key, logits.shape, logits.dtype)
     probs = softmax_scores(noisy)  # [tokens, n_experts]
     weights, index = jax.lax.top_k(probs, top_k)  # [tokens, top_k]
-    return RouterOutput(index.astype(jnp.int32), _renormalize(weights), probs, logits)
+    if renormalize:
+        weights = _renormalize(weights)
+    return RouterOutput(index.astype(jnp.int32), weights, probs, logits)
 
 
 def group_limited_mask(biased_scores: jax.Array, n_group: int, topk_group: int) -> jax.Array:
@@ -181,7 +185,10 @@ def deepseek_route(logits: jax.Array, bias: jax.Array | None, top_k: int,
     """DeepSeek-V3 gating (DeepSeek-V3 report §2.1.2, eqs. 12-16), also V4 with
     ``score='sqrt_softplus'``.
 
-    1. ``s_i = score(h_i)``: sigmoid (V3) or sqrt(softplus) (V4); softmax gives DeepSeek-V2.
+    1. ``s_i = score(h_i)``: sigmoid (V3) or sqrt(softplus) (V4). ``score='softmax'`` gives
+       DeepSeek-V2's scores, but not V2's group rule: V2's device-limited routing ranks a
+       group by its *best* expert, while ``group_limited_mask`` is V3's rule (the sum of the
+       two best); with ``n_group=1`` (no groups) and ``renormalize=False`` this is V2's gate.
     2. Selection uses the bias-corrected scores ``s_i + b_i`` (eq. 16): the bias only decides
        *which* experts are chosen (aux-loss-free balancing, ``update_router_bias``).
     3. Group-limited routing when ``n_group > 1`` (``group_limited_mask``).
@@ -348,9 +355,10 @@ class Router(nnx.Module):
                      if cfg.router in DEEPSEEK_SCORES else None)
 
     def expert_choice_capacity(self, tokens: int) -> int:
-        """Tokens each expert picks under expert choice: ``capacity_factor`` (1 if None) times
-        the even share ``tokens * top_k / n_experts``, at most ``tokens``."""
-        cf = 1.0 if self.cfg.capacity_factor is None else self.cfg.capacity_factor
+        """Tokens each expert picks under expert choice: ``capacity_factor`` (required by
+        ``MoEConfig`` for this router) times the even share ``tokens * top_k / n_experts``, at
+        most ``tokens``."""
+        cf = self.cfg.capacity_factor
         return max(1, min(tokens, compute_capacity(tokens, self.cfg.top_k, self.cfg.n_experts, cf)))
 
     def __call__(self, x: jax.Array, *, train: bool = False,
@@ -369,14 +377,15 @@ class Router(nnx.Module):
         if cfg.router in DEEPSEEK_SCORES:
             return deepseek_route(logits, self.bias[...], cfg.top_k, DEEPSEEK_SCORES[cfg.router],
                                   cfg.n_group, cfg.topk_group, cfg.routed_scaling_factor,
-                                  cfg.renormalize)
+                                  cfg.renormalize_weights)
         if cfg.router == "softmax":
-            out = softmax_topk(logits, cfg.top_k, cfg.renormalize)
+            out = softmax_topk(logits, cfg.top_k, cfg.renormalize_weights)
         elif cfg.router == "switch":
             out = switch_top1(logits)
         elif cfg.router == "noisy_topk":
             key = rngs.noise() if isinstance(rngs, nnx.Rngs) else rngs
-            out = noisy_topk(logits, cfg.top_k, key, cfg.router_noise_std, train)
+            out = noisy_topk(logits, cfg.top_k, key, cfg.router_noise_std, train,
+                             cfg.renormalize_weights)
         else:  # MoEConfig validates the name; this guards against a new name added there only
             raise ValueError(f"unknown router {cfg.router!r}")
         return out._replace(expert_weights=out.expert_weights * cfg.routed_scaling_factor)

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, Attention, causal_mask
+from .attention import NEG_INF, Attention, causal_mask, check_cache_room, poison_on_overflow
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .rope import apply_rope, rope_angles
@@ -158,9 +158,11 @@ class SparseAttention(Attention):
         k_idx = linear(xi, self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
         k_idx = rope_even_part(k_idx, q_pos, self.rope_theta)[:, :, 0]
         w_idx = linear(xi, self.w_index[...]) * scale  # [batch, seq, index_n_heads]
+        overflow = None
         if cache is None:
             k_pos = q_pos
         else:  # write at cache.pos, score and attend over the whole buffer
+            overflow = check_cache_room(start, s, cache.k.shape[1])
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
             k_idx = jax.lax.dynamic_update_slice(
@@ -173,7 +175,7 @@ class SparseAttention(Attention):
         picked = jnp.take_along_axis(scores, idx, axis=-1)  # [batch, seq, top_k]
         bias = picked - jax.lax.stop_gradient(picked)  # value 0, gradient reaches the indexer
         out = sparse_grouped_attention(q, k, v, idx, valid, bias)
-        return linear(out.reshape(b, s, -1), self.wo[...]), cache
+        return poison_on_overflow(linear(out.reshape(b, s, -1), self.wo[...]), overflow), cache
 
     def cache_values_per_token(self) -> int:
         """Values stored per token per layer: keys and values plus the indexer key."""

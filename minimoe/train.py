@@ -147,7 +147,7 @@ def train_step(model, optimizer, inputs, targets, key):
     optimizer.update(model, grads)
     for layer, stats in zip(model.moe_layers(), out.moe_stats):
         layer.update_bias(stats.load)
-    return {"loss": loss, "ce": ce, "grad_norm": optax.global_norm(grads), **_moe_metrics(out)}
+    return {"loss": loss, "ce": ce, "grad_norm": optax.tree.norm(grads), **_moe_metrics(out)}
 
 
 @nnx.jit
@@ -346,14 +346,14 @@ def _key_str(k) -> str:
 
 
 def _flat(obj):
-    pure = nnx.state(obj).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(obj))
     leaves, _ = jax.tree_util.tree_flatten_with_path(pure)
     return [("/".join(_key_str(k) for k in p), leaf) for p, leaf in leaves]
 
 
 def _restore(obj, arrays: dict, path) -> None:
     state = nnx.state(obj)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
     new = []
     for p, leaf in leaves:

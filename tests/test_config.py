@@ -14,7 +14,19 @@ from minimoe.config import ModelConfig, MoEConfig
     (dict(attention="sparse"), r"needs sparse_top_k"),
     (dict(d_model=12, n_heads=4), r"head_dim = d_model / n_heads must be even"),
     (dict(first_k_dense=9, n_layers=4), r"first_k_dense must be an integer in \[0, n_layers=4\]"),
-    (dict(rope_theta=-1.0), r"rope_theta must be > 0"),
+    (dict(rope_theta=-1.0), r"rope_theta must be a number > 0, got -1.0"),
+    # bools are not numbers, although Python's bool is an int
+    (dict(rope_theta=True), r"rope_theta must be a number > 0, got True"),
+    (dict(norm_eps=True), r"norm_eps must be a number > 0, got True"),
+    (dict(d_model=True), r"d_model must be a positive integer, got True"),
+    (dict(tie_embeddings=1), r"tie_embeddings must be True or False, got 1"),
+    # fields defaulting to None that the chosen attention does not read
+    (dict(sliding_window=4), r"sliding_window=4 is used only by attention \['sliding'\]; "
+                             r"with attention='gqa' leave it None"),
+    (dict(attention="mla", sparse_top_k=4), r"sparse_top_k=4 is used only by attention "
+                                            r"\['sparse'\]; with attention='mla'"),
+    (dict(q_lora_rank=8), r"q_lora_rank=8 is used only by attention \['mla'\]"),
+    (dict(attention="sparse", sparse_top_k=4, sliding_window=8), r"sliding_window=8"),
 ])
 def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -25,13 +37,31 @@ def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
     (dict(n_experts=4, top_k=5), r"top_k must be <= n_experts \(4\), got top_k=5"),
     (dict(n_experts=8, n_group=4, topk_group=5), r"topk_group must be <= n_group \(4\)"),
     (dict(n_experts=10, n_group=4), r"n_experts \(10\) must be divisible by n_group"),
-    (dict(capacity_factor=0.0), r"capacity_factor must be > 0"),
-    (dict(capacity_factor=-1.0), r"capacity_factor must be > 0"),
+    (dict(capacity_factor=0.0), r"capacity_factor must be a number > 0"),
+    (dict(capacity_factor=-1.0), r"capacity_factor must be a number > 0"),
     (dict(router="topk_magic"), r"router must be one of .*got 'topk_magic'"),
     (dict(dispatch="teleport"), r"dispatch must be one of .*got 'teleport'"),
     (dict(router="switch", top_k=2), r"top_k must be 1"),
     (dict(dispatch="ragged_dot", capacity_factor=1.0), r"dropless"),
     (dict(aux_loss_coef=-0.1), r"aux_loss_coef must be a number >= 0"),
+    (dict(capacity_factor=True), r"capacity_factor must be a number > 0, or None, got True"),
+    (dict(routed_scaling_factor=True), r"routed_scaling_factor must be a number >= 0, got True"),
+    (dict(renormalize=1), r"renormalize must be True or False, or None, got 1"),
+    # settings that would silently do nothing
+    (dict(bias_update_rate=0.01), r"bias_update_rate=0.01 .* router 'softmax' has none"),
+    (dict(router="noisy_topk", bias_update_rate=0.01), r"router 'noisy_topk' has none"),
+    (dict(d_shared=64), r"d_shared=64 sizes shared experts, but n_shared_experts=0"),
+    (dict(router="expert_choice"), r"'expert_choice' needs capacity_factor"),
+    (dict(router="expert_choice", capacity_factor=1.0, dispatch="onehot"),
+     r"'expert_choice' .* leave dispatch at 'sort', got 'onehot'"),
+    (dict(router="expert_choice", capacity_factor=1.0, renormalize=True),
+     r"'expert_choice' does not renormalise"),
+    (dict(router="expert_choice", capacity_factor=1.0, aux_loss_coef=0.01),
+     r"aux_loss_coef=0.01 does nothing under router 'expert_choice'"),
+    # a top-1 router whose weight is always 1 never learns from the LM loss
+    (dict(top_k=1, renormalize=True), r"renormalize=True with top_k=1"),
+    (dict(router="switch", top_k=1, renormalize=True), r"renormalize=True with top_k=1"),
+    (dict(router="deepseek_v3", top_k=1, renormalize=True), r"renormalize=True with top_k=1"),
 ])
 def test_moe_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -54,3 +84,23 @@ def test_derived_sizes():
     assert moe.active_hidden == 3 * 32 + 2 * 32
     cfg = ModelConfig(n_layers=4, moe=moe, first_k_dense=1)
     assert [cfg.is_moe_layer(i) for i in range(4)] == [False, True, True, True]
+
+
+def test_attention_fields_table_covers_every_kind_and_real_fields():
+    import dataclasses
+
+    from minimoe.config import ATTENTION_FIELDS, ATTENTION_KINDS
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert ATTENTION_KINDS == tuple(ATTENTION_FIELDS)
+    for kind, f in ATTENTION_FIELDS.items():
+        assert set(f) == {"needs", "uses"}, kind
+        assert set(f["needs"] + f["uses"]) <= fields, kind  # no typo'd field name
+    # a field a kind uses may be set with it (no false alarm)
+    ModelConfig(attention="mla", q_lora_rank=8)
+    ModelConfig(attention="sliding", sliding_window=4)
+
+
+def test_renormalize_default_follows_top_k():
+    assert MoEConfig(top_k=2).renormalize_weights is True
+    assert MoEConfig(top_k=1).renormalize_weights is False
+    assert MoEConfig(top_k=2, renormalize=False).renormalize_weights is False

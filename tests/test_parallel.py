@@ -40,8 +40,10 @@ def tokens(batch=16, seq=4, seed=1):
     return jax.random.normal(jax.random.key(seed), (batch, seq, D_MODEL))
 
 
-forward = nnx.jit(lambda m, x: m(x))
-reference = nnx.jit(lambda m, x, n: par.per_shard_reference(m, x, n), static_argnums=2)
+# Training calls (capacity applies only with train=True; inference is dropless)
+forward = nnx.jit(lambda m, x: m(x, train=True))
+forward_eval = nnx.jit(lambda m, x: m(x))
+reference = nnx.jit(lambda m, x, n: par.per_shard_reference(m, x, n, True), static_argnums=2)
 
 
 def _loss(y, stats):
@@ -49,13 +51,13 @@ def _loss(y, stats):
     return jnp.sum(y * probe) + stats.loss
 
 
-layer_grad = nnx.jit(nnx.grad(lambda m, x: _loss(*m(x))))  # MoELayer or its EP version
-ref_grad = nnx.jit(nnx.grad(lambda m, x, n: _loss(*par.per_shard_reference(m, x, n))),
+layer_grad = nnx.jit(nnx.grad(lambda m, x: _loss(*m(x, train=True))))  # MoELayer or EP version
+ref_grad = nnx.jit(nnx.grad(lambda m, x, n: _loss(*par.per_shard_reference(m, x, n, True))),
                    static_argnums=2)
 
 
 def assert_trees_close(a, b, atol=ATOL):
-    a, b = a.to_pure_dict(), b.to_pure_dict()
+    a, b = nnx.to_pure_dict(a), nnx.to_pure_dict(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, v, atol=atol, rtol=1e-5)
@@ -97,7 +99,7 @@ def test_expert_layer_errors():
                                          r"size 4; allowed .* \[1, 2, 3, 6\]"):
         par.ExpertParallelMoELayer(moe_layer(n_experts=6), mesh)
     with pytest.raises(ValueError, match="token-choice router; got router='expert_choice'"):
-        par.ExpertParallelMoELayer(moe_layer(router="expert_choice"), mesh)
+        par.ExpertParallelMoELayer(moe_layer(router="expert_choice", capacity_factor=1.0), mesh)
     ep = par.ExpertParallelMoELayer(moe_layer(), mesh)
     with pytest.raises(ValueError, match="batch=4 must be divisible by the 8 devices"):
         ep(tokens(batch=4))
@@ -163,7 +165,7 @@ def test_drops_are_decided_per_device_like_the_layer_applied_per_shard(
     layer = moe_layer(dispatch=dispatch, capacity_factor=capacity_factor, router=router,
                       n_shared_experts=shared, aux_loss_coef=0.1, z_loss_coef=0.01)
     if shared:  # a non-zero selection bias, so the bias is part of what must agree
-        layer.router.bias.value = jnp.linspace(-0.2, 0.2, 8)
+        layer.router.bias[...] = jnp.linspace(-0.2, 0.2, 8)
     ep_layer = par.ExpertParallelMoELayer(layer, par.make_mesh(ep))
     x = tokens()
     y, stats = forward(ep_layer, x)
@@ -175,6 +177,10 @@ def test_drops_are_decided_per_device_like_the_layer_applied_per_shard(
     # ...and the per-shard reference is not the same as one capacity for the whole batch
     y_global, _ = forward(layer, x)
     assert float(jnp.abs(y_global - y).max()) > 1e-3
+    # inference is dropless on one device and on the mesh alike
+    y_eval, stats_eval = forward_eval(ep_layer, x)
+    np.testing.assert_allclose(y_eval, forward_eval(layer, x)[0], atol=ATOL)
+    assert float(stats_eval.dropped_fraction) == 0.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,7 +197,7 @@ def test_bytes_exchanged_match_the_all_to_all_operands(ep, capacity_factor):
     vol = par.all_to_all_volume(tokens_per_device, 2, D_MODEL, 8, ep,
                                 capacity_factor=capacity_factor, bytes_per_element=4)
     graphdef, state = nnx.split(ep_layer)
-    fwd = lambda state, x: nnx.merge(graphdef, state)(x)[0]  # noqa: E731
+    fwd = lambda state, x: nnx.merge(graphdef, state)(x, train=True)[0]  # noqa: E731
     ops = par.traced_all_to_alls(fwd, state, x)
     assert len(ops) == vol.n_all_to_all == 2
     c = vol.capacity

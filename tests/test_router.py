@@ -240,7 +240,7 @@ def test_router_bias_is_state_not_param():
     params = nnx.state(router, nnx.Param)
     assert set(params.keys()) == {"w_router"}
     assert set(nnx.state(router, RouterBias).keys()) == {"bias"}
-    router.bias.value = jnp.arange(4.0)
+    router.bias[...] = jnp.arange(4.0)
     x = jnp.ones((3, 6))
     opt = nnx.Optimizer(router, optax.sgd(0.1), wrt=nnx.Param)
     grads = nnx.grad(lambda r: r(x).scores.sum())(router)
@@ -263,7 +263,7 @@ def test_router_module_kinds():
         assert (router.bias is not None) == name.startswith("deepseek")
         if name != "switch":
             np.testing.assert_allclose(out.expert_weights.sum(-1), 1.5, rtol=1e-5)
-    cfg = MoEConfig(n_experts=4, top_k=1, d_expert=8, router="expert_choice")
+    cfg = MoEConfig(n_experts=4, top_k=1, d_expert=8, router="expert_choice", capacity_factor=1.0)
     out = Router(6, cfg, rngs=nnx.Rngs(0))(x)
     assert isinstance(out, ExpertChoiceOutput)
     assert out.token_index.shape == (4, 3)  # ceil(1.0 * 10 * 1 / 4)
@@ -339,23 +339,3 @@ def test_routing_invariants(case):
         assert all(len(set(row)) <= topk_group for row in groups.tolist())
     load = np.bincount(idx.ravel(), minlength=n_experts) / idx.size
     np.testing.assert_allclose(load.sum(), 1.0)
-
-
-# ---------------------------------------------------------------------------------------
-# MoEConfig validation (config.py)
-# ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_experts=4, top_k=5), "top_k must be <= n_experts"),
-    (dict(n_experts=8, n_group=2, topk_group=3), "topk_group must be <= n_group"),
-    (dict(n_experts=6, n_group=4), "divisible by n_group"),
-    (dict(capacity_factor=0.0), "capacity_factor must be > 0"),
-    (dict(capacity_factor=-1.0), "capacity_factor must be > 0"),
-    (dict(router="nope"), "router must be one of"),
-    (dict(dispatch="nope"), "dispatch must be one of"),
-    (dict(router="switch", top_k=2), "top_k must be 1"),
-    (dict(dispatch="ragged_dot", capacity_factor=1.0), "is dropless"),
-])
-def test_config_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        MoEConfig(**kwargs)
