@@ -245,9 +245,8 @@ class ModelConfig:
                 f"d_model ({self.d_model}) must be divisible by n_heads, got n_heads={self.n_heads}")
         _positive("head_dim", self._head_dim, allow_none=True)
         if self.attention != "compressed" and self.head_dim % 2:
-            raise ValueError(
-                f"head_dim (d_model / n_heads unless given) must be even for rotary embeddings, "
-                f"got {self.head_dim}")
+            given = "head_dim" if self._head_dim is not None else "head_dim = d_model / n_heads"
+            raise ValueError(f"{given} must be even for rotary embeddings, got {self.head_dim}")
         if self.n_heads % self.kv_heads:
             raise ValueError(
                 f"n_kv_heads must divide n_heads ({self.n_heads}), got n_kv_heads={self.n_kv_heads}")
