@@ -78,41 +78,7 @@ def cache_nbytes(cache) -> int:
     return sum(x.size * x.dtype.itemsize for x in leaves)
 
 
-def max_context(cfg: ModelConfig, memory_bytes: float, batch: int = 1,
-                bytes_per_value: int = 4) -> int | None:
-    """Longest context whose cache (``batch`` sequences) fits in ``memory_bytes``.
-
-    ``floor(memory_bytes / (batch * kv_bytes_per_token))``, the inverse of ``kv_cache_bytes``.
-    Returns ``None`` when no context is too long: a sliding-window cache whose full ring of
-    ``sliding_window`` slots fits stops growing before it runs out of memory.
-    """
-    if not memory_bytes >= 0:
-        raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes!r}")
-    n = int(memory_bytes // (batch * kv_bytes_per_token(cfg, bytes_per_value)))
-    if cfg.attention == "sliding" and n >= cfg.sliding_window:
-        return None
-    return n
-
-
 # --- DeepSeek-V4 compressed attention (CSA / HCA / window-only layers) -----------------------
-
-def compressed_kv_values_per_token(compress_ratio: int, head_dim: int, index_head_dim: int,
-                                   has_indexer: bool) -> float:
-    """Long-context slope of the values ONE V4 attention layer caches per token.
-
-    A layer with ratio m > 0 stores one entry of ``head_dim`` values (key = value) per m tokens,
-    plus in CSA one indexer key of ``index_head_dim``: ``(head_dim + index_head_dim) / m``.
-    A window-only layer (ratio 0) stores nothing that grows with the context: 0 here, its fixed
-    window is ``compressed_kv_fixed_values``. V4-Pro in BF16: CSA (512 + 128) * 2 / 4 = 320 B,
-    HCA 512 * 2 / 128 = 8 B per token per layer. This is the one formula; the cost calculator
-    uses it too.
-    """
-    if isinstance(compress_ratio, bool) or not isinstance(compress_ratio, int) or compress_ratio < 0:
-        raise ValueError(f"compress_ratio must be an integer >= 0, got {compress_ratio!r}")
-    if compress_ratio == 0:
-        return 0.0
-    return (head_dim + (index_head_dim if has_indexer else 0)) / compress_ratio
-
 
 def compressed_kv_fixed_values(compress_ratio: int, head_dim: int, index_head_dim: int,
                                has_indexer: bool, sliding_window: int) -> int:
@@ -147,3 +113,39 @@ def compressed_kv_cache_bytes(cfg: ModelConfig, context_len: int, batch: int = 1
             per_entry = compressed_kv_values_per_token(m, cfg.head_dim, cfg.index_head_dim, csa) * m
             values += (context_len // m) * round(per_entry)
     return batch * values * bytes_per_value
+
+
+def max_context(cfg: ModelConfig, memory_bytes: float, batch: int = 1,
+                bytes_per_value: int = 4) -> int | None:
+    """Longest context whose cache (``batch`` sequences) fits in ``memory_bytes``.
+
+    ``floor(memory_bytes / (batch * kv_bytes_per_token))``, the inverse of ``kv_cache_bytes``.
+    Returns ``None`` when no context is too long: a sliding-window cache whose full ring of
+    ``sliding_window`` slots fits stops growing before it runs out of memory.
+    """
+    if not memory_bytes >= 0:
+        raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes!r}")
+    n = int(memory_bytes // (batch * kv_bytes_per_token(cfg, bytes_per_value)))
+    if cfg.attention == "sliding" and n >= cfg.sliding_window:
+        return None
+    return n
+
+
+def compressed_kv_values_per_token(compress_ratio: int, head_dim: int, index_head_dim: int,
+                                   has_indexer: bool) -> float:
+    """Values one token of context adds to the *compressed* cache of one DeepSeek-V4 layer.
+
+    A layer with ``compress_ratio`` m > 0 keeps one compressed entry per m tokens: one shared
+    K=V vector of ``head_dim`` values, plus, on CSA layers (the ones with a lightning
+    indexer), one indexer key of ``index_head_dim`` values. Per token of context that is
+
+        ``(head_dim + (index_head_dim if has_indexer else 0)) / compress_ratio``
+
+    and 0 for ``compress_ratio`` 0 (a window-only layer, whose cache stops growing at the
+    sliding window). This is the long-context slope of the cache; the window of raw entries
+    every layer also keeps is a fixed cost per sequence, not counted here
+    [DeepSeek-V4 technical report; V4 ``inference/model.py``].
+    """
+    if compress_ratio == 0:
+        return 0.0
+    return (head_dim + (index_head_dim if has_indexer else 0)) / compress_ratio
