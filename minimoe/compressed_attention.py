@@ -411,7 +411,7 @@ class CompressedAttention(nnx.Module):
                                   complete, start + x.shape[1])
         q_idx, w_idx = self.indexer.queries(c_q_d, x_d, q_pos)
         scores = indexer_scores(q_idx, keys, w_idx)  # [batch, seq, n]
-        picked = _top_k_mask(jax.lax.stop_gradient(scores), visible, self.index_topk)
+        picked = top_k_entries(jax.lax.stop_gradient(scores), visible, self.index_topk)
         bias = scores - jax.lax.stop_gradient(scores)  # value 0; gradient only where picked
         return picked, bias, keys, kv_state, score_state
 
@@ -423,7 +423,7 @@ class CompressedAttention(nnx.Module):
                                               self.is_csa)
 
 
-def _top_k_mask(scores: jax.Array, allowed: jax.Array, top_k: int) -> jax.Array:
+def top_k_entries(scores: jax.Array, allowed: jax.Array, top_k: int) -> jax.Array:
     """[batch, q_len, n] True for each query's ``top_k`` highest-scoring allowed entries (all
     allowed ones when fewer). scores, allowed: [batch, q_len, n]."""
     n = scores.shape[-1]
@@ -450,3 +450,18 @@ def _check_capacity(end, capacity: int, ratio: int) -> None:
         jax.debug.callback(_raise_if_full, end, capacity, ratio)
     else:
         _raise_if_full(end, capacity, ratio)
+
+
+def set_index_topk(model, index_topk: int) -> None:
+    """Set ``index_topk`` of every CSA layer of a ``Transformer`` in place (a jitted step
+    retraces). As for DSA (``sparse_attention.set_top_k``), training can start with a dense
+    warm-up, ``index_topk`` >= the number of entries (every entry is selected and the indexer
+    scores all of them), before going sparse."""
+    if isinstance(index_topk, bool) or not isinstance(index_topk, int) or index_topk < 1:
+        raise ValueError(f"index_topk must be a positive int, got {index_topk!r}")
+    layers = [b.attn for b in model.blocks
+              if isinstance(b.attn, CompressedAttention) and b.attn.is_csa]
+    if not layers:
+        raise ValueError("set_index_topk: the model has no CSA layer")
+    for layer in layers:
+        layer.index_topk = index_topk

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from minimoe import kv_cache
-from minimoe.compressed_attention import (CompressedAttention, _top_k_mask, compress)
+from minimoe.compressed_attention import (CompressedAttention, top_k_entries, compress)
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer, make_attention
 
@@ -103,10 +103,10 @@ def test_compress_equals_a_per_window_loop_in_one_chunk_and_in_pieces(ratio, ove
 
 # --- the indexer's selection against brute force -----------------------------------------------
 
-def test_top_k_mask_equals_brute_force():
+def testtop_k_entries_equals_brute_force():
     scores = jax.random.normal(jax.random.key(3), (2, 6, 7))
     allowed = jax.random.bernoulli(jax.random.key(4), 0.6, (2, 6, 7))
-    got = np.asarray(_top_k_mask(scores, allowed, 3))
+    got = np.asarray(top_k_entries(scores, allowed, 3))
     s, a = np.asarray(scores), np.asarray(allowed)
     for b in range(2):
         for q in range(6):
