@@ -321,3 +321,9 @@ def test_head_dim_is_derived_unless_given_and_follows_replace():
 def test_module_rejects_other_attention_kinds():
     with pytest.raises(ValueError, match="attention='compressed'"):
         CompressedAttention(ModelConfig(), 0, rngs=nnx.Rngs(0))
+
+
+def test_param_counts_equal_the_built_model():
+    from minimoe.accounting import count_params, param_counts
+    model = Transformer(CFG, rngs=nnx.Rngs(0))
+    assert param_counts(CFG)["total"] == count_params(model)
