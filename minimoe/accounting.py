@@ -36,6 +36,24 @@ def _attention_params(cfg: ModelConfig) -> int:
     return proj
 
 
+def _compressed_attention_params(cfg: ModelConfig, layer: int) -> int:
+    """Parameters of one DeepSeek-V4 attention layer (``compressed_attention``): low-rank
+    queries, the shared K=V projection, sinks, grouped low-rank output, and with a compress
+    ratio the compressor (twice the channels when overlapping) and, in CSA, the indexer."""
+    d, h, hd, q = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.q_lora_rank
+    n = d * q + q + q * h * hd + d * hd + hd + h + h * hd * cfg.o_lora_rank \
+        + cfg.o_groups * cfg.o_lora_rank * d
+    m = cfg.layer_compress_ratio(layer)
+    if m:
+        csa = cfg.is_csa_layer(layer)
+        c = 2 if csa else 1
+        n += 2 * d * c * hd + m * c * hd + hd  # wkv, wgate, ape, norm
+        if csa:
+            di, hi = cfg.index_head_dim, cfg.index_n_heads
+            n += q * hi * di + d * hi + 2 * d * 2 * di + m * 2 * di + di
+    return n
+
+
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts derived from the config.
 
@@ -47,7 +65,9 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     d, n = cfg.d_model, cfg.n_layers
     n_moe = sum(cfg.is_moe_layer(i) for i in range(n))
     n_dense = n - n_moe
-    c = {"embedding": cfg.vocab_size * d, "attention": n * _attention_params(cfg),
+    attention = (sum(_compressed_attention_params(cfg, i) for i in range(n))
+                 if cfg.attention == "compressed" else n * _attention_params(cfg))
+    c = {"embedding": cfg.vocab_size * d, "attention": attention,
          "norms": (2 * n + 1) * d, "ffn_dense": n_dense * 3 * d * cfg.d_ff,
          "experts_routed": 0, "experts_shared": 0, "router": 0}
     lm_head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
@@ -74,6 +94,9 @@ def attention_flops_per_token(cfg: ModelConfig, context_len: int) -> int:
 
     A sliding window or top-k sparse attention caps the keys at the window / k.
     """
+    if cfg.attention == "compressed":
+        raise ValueError("attention_flops_per_token does not model attention='compressed' "
+                         "(window, compressors and indexer per layer); count it per layer")
     keys = context_len
     if cfg.attention == "sliding":
         keys = min(context_len, cfg.sliding_window)

@@ -21,6 +21,10 @@ ATTENTION_FIELDS = {
     "mla": {"needs": (), "uses": ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                                   "qk_rope_head_dim", "v_head_dim")},
     "sparse": {"needs": ("sparse_top_k",), "uses": ("index_head_dim", "index_n_heads")},
+    # DeepSeek-V4; its own fields (compress_ratios, o_lora_rank, index_topk, ...) are checked
+    # by ModelConfig._check_compressed_attention
+    "compressed": {"needs": ("sliding_window", "q_lora_rank"),
+                   "uses": ("qk_rope_head_dim", "index_head_dim", "index_n_heads")},
 }
 ATTENTION_KINDS = tuple(ATTENTION_FIELDS)
 ROUTERS = ("softmax", "switch", "noisy_topk", "deepseek_v3", "deepseek_v4", "expert_choice")
@@ -201,6 +205,24 @@ class MoEConfig:
         return dataclasses.replace(self, **changes)
 
 
+class _HeadDim:
+    """The ``head_dim`` field of ``ModelConfig``: as given, or ``d_model // n_heads`` when None.
+
+    A data descriptor keeps the given value (None included) apart from the derived one, so a
+    config that never set ``head_dim`` follows ``d_model`` and ``n_heads`` through
+    ``cfg.replace(d_model=...)`` instead of keeping a stale copy, and ``to_dict`` round-trips.
+    """
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:  # the dataclass machinery asks for the default
+            return None
+        given = obj.__dict__.get("_head_dim")
+        return obj.d_model // obj.n_heads if given is None else given
+
+    def __set__(self, obj, value):
+        object.__setattr__(obj, "_head_dim", value)  # frozen: only __init__ gets here
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Settings of a decoder-only transformer language model.
@@ -229,6 +251,26 @@ class ModelConfig:
         q_lora_rank: rank of MLA's query compression (``None``: full-rank queries).
         kv_lora_rank: width of MLA's compressed KV latent.
         qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA's per-head sizes.
+        head_dim: size of one attention head; ``None`` (default) means ``d_model // n_heads``.
+            DeepSeek-V4 sets it independently (512). Honoured by ``gqa``, ``sliding``,
+            ``sparse`` and ``compressed``; ``mla`` has its own sizes and rejects it.
+
+    DeepSeek-V4's compressed attention (``attention='compressed'``, ``compressed_attention.py``;
+    field names as in V4's config.json):
+        compress_ratios: one compress ratio per layer, plus optionally one trailing entry for an
+            MTP layer (V4's config lists ``n_layers + 1``; the main stack reads the first
+            ``n_layers``). 0: the layer keeps only its sliding window; r >= 2: it also attends
+            to entries that each compress r tokens.
+        csa_compress_ratio: the ratio whose layers are CSA (overlapping compression windows and
+            a lightning indexer choosing ``index_topk`` entries); every other positive ratio is
+            HCA (no overlap, no indexer, all entries). V4 hard-codes 4 (and 128 for HCA); the
+            course uses small ratios on short sequences, e.g. CSA 2 and HCA 8.
+        o_groups, o_lora_rank: grouped low-rank output projection (heads split into
+            ``o_groups`` groups, each projected to ``o_lora_rank``, then to ``d_model``).
+        index_topk: compressed entries each query of a CSA layer keeps.
+        compress_rope_theta: RoPE base of the compressed layers (window-only layers use
+            ``rope_theta``). ``sliding_window``, ``q_lora_rank``, ``qk_rope_head_dim``,
+            ``index_n_heads`` and ``index_head_dim`` are shared with the other variants.
     """
 
     vocab_size: int = 256
@@ -253,6 +295,14 @@ class ModelConfig:
     qk_nope_head_dim: int = 16
     qk_rope_head_dim: int = 8
     v_head_dim: int = 16
+    # --- DeepSeek-V4 compressed attention (attention='compressed') ---
+    head_dim: int | None = _HeadDim()
+    compress_ratios: tuple[int, ...] | None = None
+    csa_compress_ratio: int = 4
+    o_groups: int = 1
+    o_lora_rank: int | None = None
+    index_topk: int | None = None
+    compress_rope_theta: float = 160000.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -267,9 +317,10 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads, got n_heads={self.n_heads}")
-        if self.head_dim % 2:
-            raise ValueError(
-                f"head_dim = d_model / n_heads must be even for rotary embeddings, got {self.head_dim}")
+        _positive("head_dim", self._head_dim, allow_none=True)
+        if self.attention != "compressed" and self.head_dim % 2:
+            given = "head_dim" if self._head_dim is not None else "head_dim = d_model / n_heads"
+            raise ValueError(f"{given} must be even for rotary embeddings, got {self.head_dim}")
         if self.n_heads % self.kv_heads:
             raise ValueError(
                 f"n_kv_heads must divide n_heads ({self.n_heads}), got n_kv_heads={self.n_kv_heads}")
@@ -299,10 +350,76 @@ class ModelConfig:
             if unset is None and self.attention not in kinds and getattr(self, name) is not None:
                 raise ValueError(f"{name}={getattr(self, name)!r} is used only by attention "
                                  f"{kinds}; with attention={self.attention!r} leave it None")
+        self._check_compressed_attention()
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def _check_compressed_attention(self) -> None:
+        """Validation of the DeepSeek-V4 fields: required with ``attention='compressed'``,
+        rejected (they would be ignored) with any other attention."""
+        if self._head_dim is not None and self.attention == "mla":
+            raise ValueError(f"head_dim={self._head_dim} is ignored by attention='mla' (it uses "
+                             "qk_nope_head_dim, qk_rope_head_dim, v_head_dim); leave it None")
+        if self.attention != "compressed":
+            for name, default in (("compress_ratios", None), ("o_lora_rank", None),
+                                  ("index_topk", None), ("o_groups", 1)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name}={getattr(self, name)!r} is used only by "
+                                     f"attention='compressed', got attention={self.attention!r}")
+            return
+        cr = self.compress_ratios
+        if cr is None or not isinstance(cr, tuple):
+            raise ValueError("attention='compressed' needs compress_ratios, a tuple of one ratio "
+                             f"per layer (0 = window only), got {cr!r}")
+        if len(cr) not in (self.n_layers, self.n_layers + 1):
+            raise ValueError(f"compress_ratios must have n_layers={self.n_layers} entries, or "
+                             f"n_layers + 1 with a trailing MTP layer, got {len(cr)}: {cr}")
+        for r in cr:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r == 1 \
+                    or r > self.max_seq_len:
+                raise ValueError(f"compress_ratios entries must be 0 (window only) or integers in "
+                                 f"[2, max_seq_len={self.max_seq_len}], got {r!r} in {cr}")
+        _positive("csa_compress_ratio", self.csa_compress_ratio)
+        if self.sliding_window is None:
+            raise ValueError("attention='compressed' needs sliding_window (every layer keeps "
+                             "a window of raw entries), got None")
+        for name in ("q_lora_rank", "o_lora_rank"):
+            if getattr(self, name) is None:
+                raise ValueError(f"attention='compressed' needs {name} (a positive integer), "
+                                 "got None")
+        _positive("o_lora_rank", self.o_lora_rank)
+        _positive("o_groups", self.o_groups)
+        if self.n_heads % self.o_groups:
+            raise ValueError(f"o_groups must divide n_heads ({self.n_heads}), "
+                             f"got o_groups={self.o_groups}")
+        if self.n_kv_heads not in (None, 1):
+            raise ValueError("attention='compressed' has one shared key/value head: n_kv_heads "
+                             f"must be None or 1, got {self.n_kv_heads}")
+        if self.sparse_top_k is not None:
+            raise ValueError(f"sparse_top_k={self.sparse_top_k} is used only by "
+                             "attention='sparse'; compressed attention uses index_topk")
+        if self.qk_rope_head_dim > self.head_dim:
+            raise ValueError(f"qk_rope_head_dim must be <= head_dim ({self.head_dim}), "
+                             f"got {self.qk_rope_head_dim}")
+        if not (isinstance(self.compress_rope_theta, (int, float))
+                and self.compress_rope_theta > 0):
+            raise ValueError(f"compress_rope_theta must be > 0, got {self.compress_rope_theta!r}")
+        has_csa = self.csa_compress_ratio in cr[:self.n_layers]
+        if has_csa:
+            _positive("index_topk", self.index_topk)
+            if self.qk_rope_head_dim > self.index_head_dim:
+                raise ValueError(f"qk_rope_head_dim must be <= index_head_dim "
+                                 f"({self.index_head_dim}) in CSA layers, got {self.qk_rope_head_dim}")
+        elif self.index_topk is not None:
+            raise ValueError(f"index_topk={self.index_topk} is used only by CSA layers (compress "
+                             f"ratio csa_compress_ratio={self.csa_compress_ratio}), and "
+                             f"compress_ratios={cr} has none")
+
+    def layer_compress_ratio(self, layer: int) -> int:
+        """Compress ratio of block ``layer`` with ``attention='compressed'`` (0: window only)."""
+        return self.compress_ratios[layer]
+
+    def is_csa_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` is CSA (overlap + indexer) rather than HCA or window-only."""
+        return self.layer_compress_ratio(layer) == self.csa_compress_ratio
 
     @property
     def kv_heads(self) -> int:
@@ -313,10 +430,16 @@ class ModelConfig:
         return self.moe is not None and layer >= self.first_k_dense
 
     def replace(self, **changes) -> "ModelConfig":
+        # head_dim as given (None = derived), not its derived value (see _HeadDim)
+        changes.setdefault("head_dim", self._head_dim)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["head_dim"] = self._head_dim  # None when derived from d_model // n_heads
+        if d["compress_ratios"] is not None:
+            d["compress_ratios"] = list(d["compress_ratios"])  # JSON has lists, not tuples
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -337,4 +460,6 @@ class ModelConfig:
             if munknown:
                 raise ValueError(f"unknown MoEConfig keys {munknown}; allowed: {sorted(mknown)}")
             d["moe"] = MoEConfig(**moe)
+        if isinstance(d.get("compress_ratios"), list):
+            d["compress_ratios"] = tuple(d["compress_ratios"])
         return cls(**d)

@@ -355,3 +355,85 @@ def answer_batch(docs: list[Document], pad: int = ord(SEP)) -> Batch:
         t[i, :len(s)], a[i, :len(m)] = s, m
     doms = np.array([[DOMAINS.index(d.domain)] * (L - 1) for d in docs], np.int8)
     return Batch(t[:, :-1], t[:, 1:], doms, a[:, 1:])
+
+
+# --------------------------------------------------------------------------- recall by content
+FACT_TOKEN_BASE = 128  # fact tokens use the byte ids no ASCII text does
+RECALL_QUERY = "?"
+
+
+class ContentRecallBatch(NamedTuple):
+    """A batch of the recall-by-content task (``content_recall_batch``).
+
+    inputs: [batch, seq_len] int32 token ids; target: [batch] the answer token, to be predicted
+    at the last position; distance: [batch] how many positions before the last one the asked
+    fact sits (1 = the token just before the '?').
+    """
+
+    inputs: np.ndarray
+    target: np.ndarray
+    distance: np.ndarray
+
+
+def fact_token(key: int, value: int, n_values: int = 10) -> int:
+    """The single token id of the fact "key ``key`` has value ``value``"."""
+    return FACT_TOKEN_BASE + key * n_values + value
+
+
+def content_recall_batch(seed: int, step: int, batch_size: int, seq_len: int, *,
+                         n_facts: int = 3, n_keys: int = 8, n_values: int = 10,
+                         min_distance: int = 2, max_distance: int | None = None,
+                         filler: str = "abcdefghijklmnopqrstuvwxyz") -> ContentRecallBatch:
+    """Associative recall where the fact must be found by its content, at a random distance.
+
+    Each row is filler (random characters of ``filler``) with ``n_facts`` fact tokens at random
+    positions, each fact one token meaning "key K has value v" (``fact_token``; keys distinct
+    within a row), then ``?`` and a key letter (``A``.. for keys 0..). The model must predict,
+    at the last position, the digit ``v`` of the fact whose key was asked. The asked fact lies
+    ``distance`` positions before the last one, drawn uniformly from [min_distance,
+    max_distance] (default: as far as the row allows), the others elsewhere: no fixed offset
+    says where the answer is, only the matching key does. A pure function of (seed, step),
+    like ``get_batch``. Answer digits are ``'0'..``; chance is 1 / n_values.
+    """
+    if not 1 <= n_keys <= 26 or not 1 <= n_values <= 10 or n_keys * n_values > 256 - FACT_TOKEN_BASE:
+        raise ValueError(f"n_keys must be in [1, 26] and n_values in [1, 10] with n_keys * n_values "
+                         f"<= {256 - FACT_TOKEN_BASE}, got n_keys={n_keys}, n_values={n_values}")
+    if not 1 <= n_facts <= n_keys:
+        raise ValueError(f"n_facts must be in [1, n_keys={n_keys}], got {n_facts}")
+    last = seq_len - 1  # the key letter; the '?' is at last - 1, the facts before it
+    max_distance = last if max_distance is None else max_distance
+    if not 2 <= min_distance <= max_distance <= last or seq_len - 2 < n_facts:
+        raise ValueError(f"need 2 <= min_distance <= max_distance <= seq_len - 1 = {last} and "
+                         f"room for n_facts={n_facts}, got min_distance={min_distance}, "
+                         f"max_distance={max_distance}, seq_len={seq_len}")
+    rng = np.random.default_rng([seed, step, 7])
+    if not filler or not all(32 <= ord(c) < 127 and c not in "?0123456789" for c in filler):
+        raise ValueError(f"filler must be printable ASCII characters other than '?' and digits, "
+                         f"got {filler!r}")
+    chars = np.frombuffer(filler.encode("ascii"), np.uint8).astype(np.int32)
+    inputs = chars[rng.integers(0, len(chars), size=(batch_size, seq_len))]
+    inputs[:, last - 1] = ord(RECALL_QUERY)
+    distance = rng.integers(min_distance, max_distance + 1, size=batch_size)
+    keys = rng.random((batch_size, n_keys)).argsort(axis=1)[:, :n_facts]  # distinct per row
+    values = rng.integers(0, n_values, size=(batch_size, n_facts))
+    asked = last - distance  # the first fact is the one asked for
+    r = rng.random((batch_size, last - 1))
+    r[np.arange(batch_size), asked] = 2.0  # never chosen for the other facts
+    where = np.concatenate([asked[:, None], r.argsort(axis=1)[:, :n_facts - 1]], axis=1)
+    rows = np.arange(batch_size)[:, None]
+    inputs[rows, where] = fact_token(keys, values, n_values)
+    inputs[:, last] = ord("A") + keys[:, 0]
+    target = (ord("0") + values[:, 0]).astype(np.int32)
+    return ContentRecallBatch(inputs, target, distance.astype(np.int32))
+
+
+def content_recall_text(tokens, n_values: int = 10) -> str:
+    """A row of ``content_recall_batch`` as text, each fact token shown as ``[K=v]``."""
+    out = []
+    for t in np.asarray(tokens).tolist():
+        if t >= FACT_TOKEN_BASE:
+            k, v = divmod(t - FACT_TOKEN_BASE, n_values)
+            out.append(f"[{chr(ord('A') + k)}={v}]")
+        else:
+            out.append(chr(t))
+    return "".join(out)

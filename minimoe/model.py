@@ -20,8 +20,9 @@ from .ffn import SwiGLU, linear
 from .norm import RMSNorm
 
 
-def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The attention module named by ``cfg.attention``."""
+def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0) -> nnx.Module:
+    """The attention module named by ``cfg.attention`` (for ``compressed``, the kind of block
+    ``layer`` comes from ``cfg.compress_ratios[layer]``)."""
     if cfg.attention in ("gqa", "sliding"):  # Attention reads cfg.sliding_window itself
         return Attention(cfg, rngs=rngs)
     if cfg.attention == "mla":
@@ -30,7 +31,11 @@ def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     if cfg.attention == "sparse":
         from .sparse_attention import SparseAttention
         return SparseAttention(cfg, rngs=rngs)
-    raise ValueError(f"attention must be one of gqa, sliding, mla, sparse; got {cfg.attention!r}")
+    if cfg.attention == "compressed":
+        from .compressed_attention import CompressedAttention
+        return CompressedAttention(cfg, layer, rngs=rngs)
+    raise ValueError(f"attention must be one of gqa, sliding, mla, sparse, compressed; "
+                     f"got {cfg.attention!r}")
 
 
 class Block(nnx.Module):
@@ -41,7 +46,7 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = make_attention(cfg, rngs=rngs)
+        self.attn = make_attention(cfg, rngs=rngs, layer=layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         if self.is_moe:

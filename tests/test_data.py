@@ -141,3 +141,27 @@ def test_get_batch_reaches_every_window_including_the_last():
     assert get_batch(exact, 2, 3, seed=0, step=0).targets.tolist() == [[1, 2, 3]] * 2
     with pytest.raises(ValueError, match=r"seq_len=4 needs at least 5 tokens; data has 4"):
         get_batch(exact, 2, 4, seed=0, step=0)
+
+
+def test_content_recall_batch_answers_by_the_asked_key_at_the_stated_distance():
+    from minimoe.data import FACT_TOKEN_BASE, content_recall_batch, content_recall_text
+    b = content_recall_batch(0, 3, 64, 40, n_facts=3, min_distance=5, max_distance=30)
+    assert b.inputs.shape == (64, 40) and b.target.shape == b.distance.shape == (64,)
+    for row, target, d in zip(b.inputs, b.target, b.distance):
+        assert row[-2] == ord("?")
+        facts = {int(i): divmod(int(t) - FACT_TOKEN_BASE, 10) for i, t in enumerate(row)
+                 if t >= FACT_TOKEN_BASE}
+        assert len(facts) == 3 and len({k for k, _ in facts.values()}) == 3  # distinct keys
+        asked = row[-1] - ord("A")
+        (pos, (_, value)), = [(i, kv) for i, kv in facts.items() if kv[0] == asked]
+        assert len(row) - 1 - pos == d and 5 <= d <= 30
+        assert target == ord("0") + value
+    assert len(set(b.distance.tolist())) > 10  # the distance varies
+    again = content_recall_batch(0, 3, 64, 40, n_facts=3, min_distance=5, max_distance=30)
+    assert np.array_equal(again.inputs, b.inputs)  # a pure function of (seed, step)
+    assert not np.array_equal(content_recall_batch(0, 4, 64, 40).inputs, b.inputs)
+    assert content_recall_text(b.inputs[0]).count("[") == 3
+    with pytest.raises(ValueError, match="max_distance"):
+        content_recall_batch(0, 0, 2, 10, max_distance=10)
+    with pytest.raises(ValueError, match="n_facts"):
+        content_recall_batch(0, 0, 2, 10, n_facts=9)
