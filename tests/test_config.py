@@ -21,11 +21,11 @@ from minimoe.config import ModelConfig, MoEConfig
     (dict(d_model=True), r"d_model must be a positive integer, got True"),
     (dict(tie_embeddings=1), r"tie_embeddings must be True or False, got 1"),
     # fields defaulting to None that the chosen attention does not read
-    (dict(sliding_window=4), r"sliding_window=4 is used only by attention \['sliding'\]; "
+    (dict(sliding_window=4), r"sliding_window=4 is used only by attention \['sliding', 'compressed'\]; "
                              r"with attention='gqa' leave it None"),
     (dict(attention="mla", sparse_top_k=4), r"sparse_top_k=4 is used only by attention "
                                             r"\['sparse'\]; with attention='mla'"),
-    (dict(q_lora_rank=8), r"q_lora_rank=8 is used only by attention \['mla'\]"),
+    (dict(q_lora_rank=8), r"q_lora_rank=8 is used only by attention \['mla', 'compressed'\]"),
     (dict(attention="sparse", sparse_top_k=4, sliding_window=8), r"sliding_window=8"),
 ])
 def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
