@@ -87,3 +87,23 @@ def max_context(cfg: ModelConfig, memory_bytes: float, batch: int = 1,
     if cfg.attention == "sliding" and n >= cfg.sliding_window:
         return None
     return n
+
+
+def compressed_kv_values_per_token(compress_ratio: int, head_dim: int, index_head_dim: int,
+                                   has_indexer: bool) -> float:
+    """Values one token of context adds to the *compressed* cache of one DeepSeek-V4 layer.
+
+    A layer with ``compress_ratio`` m > 0 keeps one compressed entry per m tokens: one shared
+    K=V vector of ``head_dim`` values, plus, on CSA layers (the ones with a lightning
+    indexer), one indexer key of ``index_head_dim`` values. Per token of context that is
+
+        ``(head_dim + (index_head_dim if has_indexer else 0)) / compress_ratio``
+
+    and 0 for ``compress_ratio`` 0 (a window-only layer, whose cache stops growing at the
+    sliding window). This is the long-context slope of the cache; the window of raw entries
+    every layer also keeps is a fixed cost per sequence, not counted here
+    [DeepSeek-V4 technical report; V4 ``inference/model.py``].
+    """
+    if compress_ratio == 0:
+        return 0.0
+    return (head_dim + (index_head_dim if has_indexer else 0)) / compress_ratio
