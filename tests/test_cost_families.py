@@ -41,8 +41,10 @@ def v4_checkpoint_tensors(c):
                   a + "wo_b.weight": (d, og * ol), a + "attn_sink": (H,)})
         if ratio:
             width = (2 if ratio == 4 else 1) * hd
-            t.update({a + "compressor.ape": (ratio, width), a + "compressor.wkv.weight": (width, d),
-                      a + "compressor.wgate.weight": (width, d), a + "compressor.norm.weight": (hd,)})
+            t.update({a + "compressor.ape": (ratio, width),
+                      a + "compressor.wkv.weight": (width, d),
+                      a + "compressor.wgate.weight": (width, d),
+                      a + "compressor.norm.weight": (hd,)})
         if ratio == 4:
             x = a + "indexer."
             t.update({x + "wq_b.weight": (ih * idim, ql), x + "weights_proj.weight": (ih, d),
@@ -141,8 +143,9 @@ def test_v4_headline_sizes_and_conventions():
 
 def test_v4_layer_schedule_and_kv_cache():
     pro, flash = cost.load_spec("DeepSeek-V4-Pro"), cost.load_spec("DeepSeek-V4-Flash")
-    assert (pro.count_layers("csa"), pro.count_layers("hca"), pro.count_layers("window")) == (30, 31, 0)
-    assert (flash.count_layers("csa"), flash.count_layers("hca"), flash.count_layers("window")) == (21, 20, 2)
+    kinds = ("csa", "hca", "window")
+    assert tuple(pro.count_layers(k) for k in kinds) == (30, 31, 0)
+    assert tuple(flash.count_layers(k) for k in kinds) == (21, 20, 2)
     assert pro.attention == "v4" and pro.n_kv_heads == 1 and pro.kv_values_per_layer == 512
     # long-context slope in BF16: CSA (512 + 128) x 2 / 4 = 320 B, HCA 512 x 2 / 128 = 8 B
     assert pro.kv_bytes_per_token() == 30 * 320 + 31 * 8 == 9_848

@@ -599,7 +599,9 @@ def _moe_layout(r, family: str, d: int, n_layers: int, vocab: int) -> _Layout:
 
     # --- multi-token prediction ------------------------------------------------------------
     if family in _DEEPSEEK + ("glm4_moe",):
-        moe_ffn = lambda i: (router + lay.shared + lay.expert * E) if moe(i) and E else None  # noqa: E731,E501
+        def moe_ffn(i):
+            return (router + lay.shared + lay.expert * E) if moe(i) and E else None
+
         lay.mtp = _deepseek_mtp(r, family, d, n_layers, counts, lay.layer_norms, moe_ffn,
                                 lay.dense_ffn)
     else:

@@ -6,7 +6,7 @@ other weights, the KV cache) and so which peak its matmuls run at: :func:`peak_f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -130,7 +130,6 @@ def as_precision(bytes_per_param, bytes_per_value: float | None = None) -> Preci
     if isinstance(bytes_per_param, Precision):
         if bytes_per_value is None:
             return bytes_per_param
-        from dataclasses import replace
         return replace(bytes_per_param, kv_cache=bytes_per_value)
     check_positive("bytes_per_param", bytes_per_param)
     fmt = "fp8" if bytes_per_param <= 1 else "bf16"

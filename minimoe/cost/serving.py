@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .hardware import Hardware, Precision, as_precision, format_flops, peak_flops
+from .hardware import Hardware, Precision, as_precision, format_flops
 from .spec import ModelSpec, check_non_negative, check_positive
 
 

@@ -7,7 +7,7 @@ formulas that only need the counts (KV bytes, FLOPs, weight bytes at a given pre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..kv_cache import compressed_kv_values_per_token
 
@@ -339,7 +339,6 @@ class ModelSpec:
 
     def _layer(self, a: LayerAttention, absorbed: bool) -> LayerAttention:
         if absorbed and self.attention == "mla":
-            from dataclasses import replace
             return replace(a, score_dim=self.kv_lora_rank + self.qk_rope_head_dim,
                            value_dim=self.kv_lora_rank)
         return a
