@@ -419,3 +419,67 @@ def test_ernie4_5_moe_biases_and_layer_range():
     assert (s.n_dense_layers, s.n_moe_layers) == (2, 3)
     s_all = cost.from_hf_config(dict(cfg, moe_layer_end_index=-1))   # -1: up to the last layer
     assert s_all.n_moe_layers == 4
+
+
+# ---------------------------------------------------------------------------------------
+# Shipped configs of the older families, against their Hugging Face state_dict shapes
+# ---------------------------------------------------------------------------------------
+def test_deepseek_v3_shipped_config_exact():
+    c = cost.load_model_config("DeepSeek-V3")
+    d, H, V, L = c["hidden_size"], c["num_attention_heads"], c["vocab_size"], c["num_hidden_layers"]
+    ql, kvl = c["q_lora_rank"], c["kv_lora_rank"]
+    nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    E, f, I = c["n_routed_experts"], c["moe_intermediate_size"], c["intermediate_size"]
+
+    def layer(t, p, moe):
+        a = p + ".self_attn"
+        linear(t, a + ".q_a_proj", ql, d)
+        t[a + ".q_a_layernorm.weight"] = (ql,)
+        linear(t, a + ".q_b_proj", H * (nope + rope), ql)
+        linear(t, a + ".kv_a_proj_with_mqa", kvl + rope, d)
+        t[a + ".kv_a_layernorm.weight"] = (kvl,)
+        linear(t, a + ".kv_b_proj", H * (nope + vd), kvl)
+        linear(t, a + ".o_proj", d, H * vd)
+        if moe:
+            t[p + ".mlp.gate.weight"] = (E, d)
+            t[p + ".mlp.gate.e_score_correction_bias"] = (E,)
+            for e in range(E):
+                swiglu(t, f"{p}.mlp.experts.{e}", d, f)
+            swiglu(t, p + ".mlp.shared_experts", d, f * c["n_shared_experts"])
+        else:
+            swiglu(t, p + ".mlp", d, I)
+        t[p + ".input_layernorm.weight"] = (d,)
+        t[p + ".post_attention_layernorm.weight"] = (d,)
+
+    t = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(L):
+        layer(t, f"model.layers.{i}", i >= c["first_k_dense_replace"])
+    mtp = {}
+    layer(mtp, f"model.layers.{L}", True)
+    for name, shape in (("enorm", (d,)), ("hnorm", (d,)), ("eh_proj", (d, 2 * d)),
+                        ("shared_head.norm", (d,))):
+        mtp[f"model.layers.{L}.{name}.weight"] = shape
+    s = check(c, t, c["num_experts_per_tok"], E)
+    assert s.total_params == 671_026_419_200 and s.mtp_params == numel(mtp)
+
+
+def test_gpt_oss_shipped_config_exact():
+    c = cost.load_model_config("gpt-oss-120b")
+    d, H, KV, hd = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    E, f, V, L = c["num_local_experts"], c["intermediate_size"], c["vocab_size"], c["num_hidden_layers"]
+    t = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(L):
+        p = f"model.layers.{i}"
+        for name, out_f in (("q_proj", H * hd), ("k_proj", KV * hd), ("v_proj", KV * hd)):
+            linear(t, f"{p}.self_attn.{name}", out_f, d, bias=True)
+        linear(t, f"{p}.self_attn.o_proj", d, H * hd, bias=True)
+        t[f"{p}.self_attn.sinks"] = (H,)
+        linear(t, f"{p}.mlp.router", E, d, bias=True)
+        t[f"{p}.mlp.experts.gate_up_proj"] = (E, d, 2 * f)
+        t[f"{p}.mlp.experts.gate_up_proj_bias"] = (E, 2 * f)
+        t[f"{p}.mlp.experts.down_proj"] = (E, f, d)
+        t[f"{p}.mlp.experts.down_proj_bias"] = (E, d)
+        t[f"{p}.input_layernorm.weight"] = (d,)
+        t[f"{p}.post_attention_layernorm.weight"] = (d,)
+    s = check(c, t, c["experts_per_token"], E)
+    assert s.total_params == 116_829_156_672
