@@ -462,6 +462,27 @@ def test_deepseek_v3_shipped_config_exact():
     s = check(c, t, c["num_experts_per_tok"], E)
     assert s.total_params == 671_026_419_200 and s.mtp_params == numel(mtp)
 
+    # DeepSeek-V3.2: the same model plus a lightning indexer in every layer (and in the MTP
+    # layer); every token also caches one indexer key
+    ih, idim = 64, 128
+    v32 = dict(c, model_type="deepseek_v32", index_n_heads=ih, index_head_dim=idim,
+               index_topk=2048)
+    for tensors in (t, mtp):
+        for p in {n.split(".self_attn.")[0] for n in tensors if ".self_attn." in n}:
+            x = p + ".self_attn.indexer"
+            linear(tensors, x + ".wq_b", ih * idim, ql)
+            linear(tensors, x + ".wk", idim, d)
+            tensors[x + ".k_norm.weight"] = (idim,)
+            tensors[x + ".k_norm.bias"] = (idim,)
+            linear(tensors, x + ".weights_proj", ih, d)
+    s32 = check(v32, t, c["num_experts_per_tok"], E)
+    assert s32.mtp_params == numel(mtp)
+    assert s32.kv_bytes_per_token() == 61 * (512 + 64 + 128) * 2 == 85_888
+    # a query reads at most index_topk entries; the indexer scores every one
+    assert s32.attention_flops(100_000) < s.attention_flops(100_000)
+    assert s32.prefill_flops(3000) == pytest.approx(sum(s32.flops_per_token(i)
+                                                        for i in range(1, 3001)), rel=1e-12)
+
 
 def test_gpt_oss_shipped_config_exact():
     c = cost.load_model_config("gpt-oss-120b")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Mapping
 
@@ -23,7 +23,7 @@ from .spec import LayerAttention, ModelSpec
 # ---------------------------------------------------------------------------------------
 _DENSE = ("llama", "mistral", "qwen2", "qwen3")
 _QWEN_MOE = ("qwen2_moe", "qwen3_moe")
-_DEEPSEEK = ("deepseek_v2", "deepseek_v3", "kimi_k2")
+_DEEPSEEK = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
 _OTHER_MOE = ("mixtral", "gpt_oss", "olmoe", "minimax_m2", "glm4_moe", "qwen3_next",
               "llama4_text", "ernie4_5_moe", "deepseek_v4")
 SUPPORTED_MODEL_TYPES = tuple(sorted(_DENSE + _QWEN_MOE + _DEEPSEEK + _OTHER_MOE + ("llama4",)))
@@ -346,6 +346,21 @@ def _gated_deltanet(r, d: int) -> tuple[_Counts, int]:
     return _Counts(matrix, vector), nv * dk * dv + conv_dim * kernel
 
 
+def _dsa_indexer(r, d: int, shape: _AttentionShape, counts: _Counts, n_layers: int):
+    """DeepSeek-V3.2's lightning indexer on every layer (reference ``inference/model.py``,
+    ``Indexer``): ``wq_b`` (q_lora_rank -> index_n_heads * index_head_dim), ``wk``
+    (d -> index_head_dim), ``k_norm`` (a LayerNorm: weight and bias), ``weights_proj``
+    (d -> index_n_heads); each token caches one indexer key of ``index_head_dim`` values."""
+    q_lora = r.opt_int("q_lora_rank", None)
+    if q_lora is None:
+        raise r.error("missing 'q_lora_rank' (deepseek_v32's indexer projects the low-rank query)")
+    ih, idim, topk = r.int("index_n_heads"), r.int("index_head_dim"), r.int("index_topk")
+    counts = counts + _Counts(q_lora * ih * idim + d * idim + d * ih, 2 * idim)
+    layer = LayerAttention("dsa", None, shape.kv_values + idim, shape.n_heads, shape.qk_head_dim,
+                           shape.v_head_dim, index_head_dim=idim, index_n_heads=ih, topk=topk)
+    return counts, [layer] * n_layers
+
+
 @dataclass
 class _Layout:
     """Everything from_hf_config needs, per family."""
@@ -500,6 +515,10 @@ def _moe_layout(r, family: str, d: int, n_layers: int, vocab: int) -> _Layout:
     else:
         shape, counts = _gqa(r, family, d)
     layers, per_layer = _gqa_layers(r, family, d, n_layers, shape, counts, linear)
+    if family == "deepseek_v32":
+        counts, layers = _dsa_indexer(r, d, shape, counts, n_layers)
+        per_layer = [counts] * n_layers
+        shape = replace(shape, kv_values=layers[0].entry_values)
     lay = _Layout(shape, per_layer, layers, [False] * n_layers,
                   layer_norms=_Counts(0, 2 * d), final=_Counts(0, d))
 

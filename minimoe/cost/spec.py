@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..kv_cache import compressed_kv_values_per_token
 
-ATTENTION_LAYER_KINDS = ("full", "sliding", "linear", "window", "csa", "hca")
+ATTENTION_LAYER_KINDS = ("full", "sliding", "linear", "window", "csa", "hca", "dsa")
 
 
 def check_positive(name: str, value) -> None:
@@ -33,7 +33,9 @@ class LayerAttention:
             (a fixed-size recurrent state, e.g. Gated DeltaNet), or DeepSeek-V4's 'window'
             (compress ratio 0: sliding window only), 'csa' (ratio 4: overlapping compressor +
             lightning indexer, attends to the top ``topk`` compressed entries) and 'hca'
-            (any other ratio: compressor, dense attention over all compressed entries).
+            (any other ratio: compressor, dense attention over all compressed entries);
+            'dsa' is DeepSeek-V3.2's sparse attention (every token cached, plus its indexer
+            key; each query reads the top ``topk`` entries the indexer scores highest).
         window: raw entries kept (``None``: all of them).
         entry_values: values cached per raw entry (``2 * n_kv_heads * head_dim`` for K and
             V, ``kv_lora_rank + qk_rope_head_dim`` for MLA, ``head_dim`` for V4's shared K=V).
@@ -65,7 +67,7 @@ class LayerAttention:
 
     @property
     def has_indexer(self) -> bool:
-        return self.kind == "csa"
+        return self.kind in ("csa", "dsa")
 
     # -- cache ------------------------------------------------------------------------------
     def kv_slope_values(self) -> float:
@@ -73,7 +75,7 @@ class LayerAttention:
         layer's ``entry_values``; V4's compressed entries per token
         (:func:`minimoe.kv_cache.compressed_kv_values_per_token`); 0 for sliding, window-only
         and linear layers."""
-        if self.kind == "full":
+        if self.kind in ("full", "dsa"):
             return float(self.entry_values)
         if self.kind in ("csa", "hca", "window"):
             return compressed_kv_values_per_token(self.compress_ratio, self.head_dim,
@@ -91,7 +93,7 @@ class LayerAttention:
         V4's compressed entries (``kv_slope_values * context_len``; the block still being
         filled, fewer than m tokens, is not subtracted), plus a linear layer's state."""
         values = float(self.state_values)
-        if self.kind == "full":
+        if self.kind in ("full", "dsa"):
             return values + self.entry_values * context_len
         values += self.entry_values * self.raw_entries(context_len)
         if self.kind in ("csa", "hca"):
@@ -108,6 +110,8 @@ class LayerAttention:
             return raw + context_len / self.compress_ratio
         if self.kind == "csa":
             return raw + min(context_len / self.compress_ratio, self.topk)
+        if self.kind == "dsa":
+            return float(min(context_len, self.topk))
         return float(raw)
 
     def flops(self, context_len: float) -> float:
@@ -120,6 +124,8 @@ class LayerAttention:
         f = 2.0 * self.n_heads * (self.score_dim + self.value_dim) * self.keys(context_len)
         if self.kind == "csa":
             f += 2.0 * self.index_n_heads * self.index_head_dim * context_len / self.compress_ratio
+        if self.kind == "dsa":
+            f += 2.0 * self.index_n_heads * self.index_head_dim * context_len
         if self.kind == "linear":
             f += 4.0 * self.state_values
         return f
@@ -131,6 +137,10 @@ class LayerAttention:
         per_key = 2.0 * self.n_heads * (self.score_dim + self.value_dim)
         if self.kind == "linear":
             return 4.0 * self.state_values * p
+        if self.kind == "dsa":                     # token i reads min(i, topk) entries
+            n = min(p, self.topk)
+            return (per_key * (n * (n + 1) / 2.0 + (p - n) * self.topk)
+                    + 2.0 * self.index_n_heads * self.index_head_dim * tri)
         w = self.window
         raw = tri if w is None or p <= w else w * (w + 1) / 2.0 + (p - w) * w
         f = per_key * raw
