@@ -66,6 +66,7 @@ def _decode(module, x, prefill):
 
 # --- every variant: incremental decoding == full forward pass -------------------------------
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_decode_equals_full_forward(name):
     m, x = _build(name), _x()
@@ -176,6 +177,7 @@ def mla_from_the_paper(m, x, theta):
     return out @ f(m.wo)  # (19)
 
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("q_lora_rank", [None, 8])
 @pytest.mark.parametrize("absorb", [False, True])
 def test_mla_matches_the_papers_equations(q_lora_rank, absorb):

@@ -11,8 +11,6 @@ from minimoe.attention import Attention, causal_mask, grouped_attention
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.model import Transformer, generate, make_attention
 
-pytestmark = pytest.mark.default_xla
-
 BASE = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
                    max_seq_len=16)
 BATCH, PREFILL, STEPS = 4, 8, 4
@@ -53,6 +51,7 @@ MOE_SETTINGS = {  # every token-choice router, and every dispatch strategy once
 }
 
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("name", list(MOE_SETTINGS))
 def test_moe_decode_equals_full_forward(name):
     moe = MoEConfig(n_experts=4, d_expert=8, **MOE_SETTINGS[name])

@@ -93,6 +93,7 @@ def naive_attention(q, k, v, window=None):
     return out
 
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("n_heads, n_kv, window", [(4, 4, None), (4, 2, None), (4, 1, None),
                                                    (4, 2, 3)])
 def test_grouped_attention_matches_naive_loop(n_heads, n_kv, window):
@@ -115,6 +116,7 @@ def test_batch_chunk_picks_the_largest_divisor_that_fits():
     assert batch_chunk(3, 2 * SCORES_PER_TILE) == 1  # one sequence alone overflows: one at a time
 
 
+@pytest.mark.default_xla
 def test_tiled_attention_equals_untiled_values_and_gradients():
     # scores of 6 sequences x 4 heads x 128 x 128 > SCORES_PER_TILE: processed in tiles
     b, s, h = 6, 128, 4
