@@ -177,7 +177,6 @@ def mla_from_the_paper(m, x, theta):
     return out @ f(m.wo)  # (19)
 
 
-@pytest.mark.default_xla
 @pytest.mark.parametrize("q_lora_rank", [None, 8])
 @pytest.mark.parametrize("absorb", [False, True])
 def test_mla_matches_the_papers_equations(q_lora_rank, absorb):

@@ -189,3 +189,16 @@ def test_no_nans_in_logits_or_gradients(tiny_model):
     leaves = jax.tree_util.tree_leaves(nnx.state(g))
     assert all(bool(jnp.isfinite(x).all()) for x in leaves)
     assert any(float(jnp.abs(x).max()) > 0 for x in leaves)
+
+
+def test_the_package_exports_its_main_api():
+    import minimoe as mm
+    from minimoe import config, cost, data, model, moe, train
+
+    homes = {"ModelConfig": config, "MoEConfig": config, "Transformer": model,
+             "generate": model, "MoELayer": moe, "MoEStats": moe, "TrainConfig": train,
+             "Trainer": train, "CorpusConfig": data, "course_corpus": data,
+             "from_hf_config": cost}
+    assert set(mm.__all__) == set(homes)
+    for name, module in homes.items():
+        assert getattr(mm, name) is getattr(module, name), name
