@@ -9,6 +9,7 @@ context: 2 x 2 x n_layers x context x (n_heads x head_dim) (scores q.k and the w
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -92,7 +93,9 @@ def count_params(model: nnx.Module) -> int:
 def attention_flops_per_token(cfg: ModelConfig, context_len: int) -> int:
     """FLOPs of the score and value matmuls for one new token that sees ``context_len`` keys.
 
-    A sliding window or top-k sparse attention caps the keys at the window / k.
+    A sliding window or top-k sparse attention caps the keys at the window / k (the indexer of
+    sparse attention still scores all ``context_len``). Tested against ``matmul_flops`` of a
+    decoding step.
     """
     if cfg.attention == "compressed":
         raise ValueError("attention_flops_per_token does not model attention='compressed' "
@@ -107,8 +110,9 @@ def attention_flops_per_token(cfg: ModelConfig, context_len: int) -> int:
     else:
         per_key = 2 * cfg.n_heads * cfg.head_dim
     flops = 2 * cfg.n_layers * keys * per_key
-    if cfg.attention == "sparse":  # the indexer scores every past key, cheaply
-        flops += 2 * cfg.n_layers * context_len * cfg.index_n_heads * cfg.index_head_dim
+    if cfg.attention == "sparse":  # the indexer scores every past key, cheaply: per key and
+        # indexer head a q.k dot product of index_head_dim, then the head's weight w_{t,j}
+        flops += 2 * cfg.n_layers * context_len * cfg.index_n_heads * (cfg.index_head_dim + 1)
     return flops
 
 
@@ -121,3 +125,43 @@ def flops_per_token(cfg: ModelConfig, context_len: int) -> int:
     c = param_counts(cfg)
     matmul = c["active"] - c["norms"]
     return 2 * matmul + attention_flops_per_token(cfg, context_len)
+
+
+def matmul_flops(fn, *args, **kwargs) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products ``fn(*args, **kwargs)`` really runs,
+    counted from its jaxpr: every ``dot_general`` (matmuls, einsums) and grouped matmul
+    (``ragged_dot``), inside nested calls too; a ``scan`` body (``lax.map``) counts once per
+    iteration. Element-wise work (norms, softmax, activations) is not counted, as in
+    ``flops_per_token``. Nothing is compiled or run: the count is exact, the shapes are what
+    ``jit`` would see.
+    """
+    closed = jax.make_jaxpr(functools.partial(fn, **kwargs))(*args)
+    return _jaxpr_matmul_flops(closed.jaxpr)
+
+
+def _jaxpr_matmul_flops(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+        elif name in ("ragged_dot", "ragged_dot_general"):
+            m, k = eqn.invars[0].aval.shape[-2:]  # lhs [m, k]; rhs [groups, k, n]
+            n = eqn.outvars[0].aval.shape[-1]
+            total += 2 * m * k * n  # every row meets exactly one group's matrix
+        repeat = eqn.params.get("length", 1) if name == "scan" else 1
+        for sub in _sub_jaxprs(eqn.params):
+            total += repeat * _jaxpr_matmul_flops(sub)
+    return total
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if hasattr(v, "eqns"):
+                yield v
+            elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                yield v.jaxpr

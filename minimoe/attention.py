@@ -199,12 +199,14 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, cache: KVCache | None = None):
         b, s, _ = x.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        overflow = None  # a sliding ring never overflows: it keeps the last `window` tokens
+        if cache is not None and self.window is None:
+            overflow = check_cache_room(start, s, cache.k.shape[1])
         q, k, v, q_pos = self.project_qkv(x, start)
-        valid = overflow = None
+        valid = None
         if cache is None:
             k_pos = q_pos
         elif self.window is None:  # write the new keys/values at cache.pos, attend over the buffer
-            overflow = check_cache_room(start, s, cache.k.shape[1])
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
             cache = KVCache(k, v, start + s)

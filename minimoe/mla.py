@@ -154,6 +154,7 @@ class MLAttention(nnx.Module):
         b, s, _ = x.shape
         h, nope, rope = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        overflow = None if cache is None else check_cache_room(start, s, cache.latent.shape[1])
         q_pos = start + jnp.arange(s)  # [seq]
         cos, sin = rope_angles(q_pos, rope, self.rope_theta)
         # queries (eqs. 12-14)
@@ -168,11 +169,9 @@ class MLAttention(nnx.Module):
         latent = self.kv_norm(kv[..., :self.kv_lora_rank])  # [batch, seq, kv_lora_rank]
         k_rope = apply_rope(kv[..., None, self.kv_lora_rank:], cos, sin,
                             interleaved=True)[:, :, 0]  # [batch, seq, qk_rope]
-        overflow = None
         if cache is None:
             k_pos = q_pos
         else:
-            overflow = check_cache_room(start, s, cache.latent.shape[1])
             latent = jax.lax.dynamic_update_slice(
                 cache.latent, latent.astype(cache.latent.dtype), (0, start, 0))
             k_rope = jax.lax.dynamic_update_slice(

@@ -149,6 +149,7 @@ class SparseAttention(Attention):
     def __call__(self, x: jax.Array, cache: SparseKVCache | None = None):
         b, s, _ = x.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        overflow = None if cache is None else check_cache_room(start, s, cache.k.shape[1])
         q, k, v, q_pos = self.project_qkv(x, start)
         # the lightning indexer: small queries, one shared key, per-token head weights
         scale = (self.index_n_heads * self.index_head_dim) ** -0.5
@@ -158,11 +159,9 @@ class SparseAttention(Attention):
         k_idx = linear(xi, self.wk_index[...])[:, :, None]  # [batch, seq, 1, index_head_dim]
         k_idx = rope_even_part(k_idx, q_pos, self.rope_theta)[:, :, 0]
         w_idx = linear(xi, self.w_index[...]) * scale  # [batch, seq, index_n_heads]
-        overflow = None
         if cache is None:
             k_pos = q_pos
         else:  # write at cache.pos, score and attend over the whole buffer
-            overflow = check_cache_room(start, s, cache.k.shape[1])
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
             k_idx = jax.lax.dynamic_update_slice(

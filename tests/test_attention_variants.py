@@ -1,5 +1,6 @@
 """Attention variants: MHA/GQA/MQA, sliding window (ring buffer), MLA (naive and absorbed),
-top-k sparse attention; their caches, KV-cache accounting and parameter/FLOP counts.
+top-k sparse attention; their caches and parameter counts (KV-cache and FLOP accounting:
+tests/test_accounting.py).
 
 Shapes are tiny and calls are jitted (a few compiles per variant) to keep the file fast.
 """
@@ -10,11 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe import kv_cache
-from minimoe.accounting import attention_flops_per_token, count_params, param_counts
+from minimoe.accounting import count_params, param_counts
 from minimoe.attention import Attention, KVCache, ring_positions
 from minimoe.config import ModelConfig
-from minimoe.mla import MLACache, MLAttention, mla_decode_flops_per_token
+from minimoe.mla import MLACache, MLAttention
 from minimoe.model import Transformer, make_attention
 from minimoe.sparse_attention import SparseAttention, SparseKVCache, set_top_k
 
@@ -66,6 +66,7 @@ def _decode(module, x, prefill):
 
 # --- every variant: incremental decoding == full forward pass -------------------------------
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_decode_equals_full_forward(name):
     m, x = _build(name), _x()
@@ -138,6 +139,57 @@ def test_mla_absorbed_equals_naive(q_lora_rank):
     naive = _call(m, x, None)[0]
     m.absorb = True
     np.testing.assert_allclose(_call(m, x, None)[0], naive, **TOL)
+
+
+def mla_from_the_paper(m, x, theta):
+    """DeepSeek-V2 §2.1, eqs. 9-19, one head and one query at a time in float64, with the
+    module's weights (and the RMSNorms of c_KV and c_Q that DeepSeek's code adds, eps 1e-6).
+    RoPE as in DeepSeek's code: channel pairs (2i, 2i+1) rotated as complex numbers."""
+    from test_model import naive_rope
+
+    f = lambda a: np.asarray(a[...], np.float64)  # noqa: E731
+    x = np.asarray(x, np.float64)[0]  # one sequence: [seq, d_model]
+    seq = x.shape[0]
+    h, nope, rope, c = m.n_heads, m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank
+    dv = m.v_head_dim
+    norm = lambda v, w: v / np.sqrt((v ** 2).mean(-1, keepdims=True) + 1e-6) * w  # noqa: E731
+    rot = lambda v: naive_rope(v[None, :, None], np.arange(seq), theta, True)[0, :, 0]  # noqa: E731
+    w_dkv = f(m.w_dkv)
+    c_kv = norm(x @ w_dkv[:, :c], f(m.kv_norm.weight))  # (9): the compressed latent
+    k_r = rot(x @ w_dkv[:, c:])  # (15): one rope key for all heads
+    w_ukv = f(m.w_ukv).reshape(c, h, nope + dv)
+    if m.q_lora_rank is None:
+        q_all = x @ f(m.wq)
+    else:
+        q_all = norm(x @ f(m.w_dq), f(m.q_norm.weight)) @ f(m.w_uq)  # (12), (13)-(14)
+    q_all = q_all.reshape(seq, h, nope + rope)
+    out = np.zeros((seq, h * dv))
+    for i in range(h):
+        k_c = c_kv @ w_ukv[:, i, :nope]  # (10)
+        v_c = c_kv @ w_ukv[:, i, nope:]  # (11)
+        q_c, q_r = q_all[:, i, :nope], rot(q_all[:, i, nope:])  # (13), (14)
+        for t in range(seq):
+            q = np.concatenate([q_c[t], q_r[t]])  # (16)
+            k = np.concatenate([k_c[:t + 1], k_r[:t + 1]], axis=1)  # (17), keys 0..t
+            s = k @ q / np.sqrt(nope + rope)
+            p = np.exp(s - s.max())
+            out[t, i * dv:(i + 1) * dv] = (p / p.sum()) @ v_c[:t + 1]  # (18)
+    return out @ f(m.wo)  # (19)
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 8])
+@pytest.mark.parametrize("absorb", [False, True])
+def test_mla_matches_the_papers_equations(q_lora_rank, absorb):
+    cfg = BASE.replace(attention="mla", q_lora_rank=q_lora_rank, norm_eps=1e-2)
+    m = MLAttention(cfg, rngs=nnx.Rngs(3), absorb=absorb)
+    # trained-looking norm weights, so a mix-up of the two norms would show
+    m.kv_norm.weight[...] = jnp.linspace(0.5, 1.5, cfg.kv_lora_rank)
+    x = _x()[:1]
+    expected = mla_from_the_paper(m, x, cfg.rope_theta)
+    np.testing.assert_allclose(_call(m, x, None)[0][0], expected, atol=2e-5, rtol=2e-4)
+    # prefill + decode gives the same numbers
+    y, _ = _decode(m, x, PREFILL)
+    np.testing.assert_allclose(y[0], expected, atol=2e-5, rtol=2e-4)
 
 
 def test_mla_caches_only_the_latent_and_rope_key():
@@ -221,52 +273,6 @@ def test_sparse_cache_holds_kv_and_indexer_keys():
     assert cache.index_k.shape == (2, MAX_LEN, BASE.index_head_dim)
 
 
-# --- KV-cache accounting: formulas == the arrays of built caches ------------------------------
-
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_kv_cache_formulas_match_built_caches(name):
-    cfg = VARIANTS[name][0]
-    m = _build(name)
-    assert kv_cache.cache_values_per_token(cfg) == m.cache_values_per_token()
-    for dtype, nbytes in ((jnp.float32, 4), (jnp.bfloat16, 2)):
-        layer = m.init_cache(3, MAX_LEN, dtype)
-        slots = kv_cache.cache_slots(cfg, MAX_LEN)
-        assert kv_cache.cache_nbytes(layer) == \
-            3 * slots * kv_cache.kv_bytes_per_token(cfg, nbytes, per_layer=True)
-    model_cache = Transformer(cfg, rngs=nnx.Rngs(0)).init_cache(3, 20)
-    assert kv_cache.cache_nbytes(model_cache) == kv_cache.kv_cache_bytes(cfg, 20, batch=3)
-
-
-@pytest.mark.parametrize("name", ["gqa", "mla_naive", "sparse", "sliding"])
-def test_max_context_inverts_kv_cache_bytes(name):
-    cfg = VARIANTS[name][0]
-    memory = 50_000
-    n = kv_cache.max_context(cfg, memory, batch=2)
-    if name == "sliding":  # the whole ring fits: the cache never outgrows the memory
-        assert n is None and kv_cache.kv_cache_bytes(cfg, 10**9, batch=2) <= memory
-        cfg = cfg.replace(sliding_window=10**6)  # a ring too wide to fit: finite again
-        n = kv_cache.max_context(cfg, memory, batch=2)
-    assert kv_cache.kv_cache_bytes(cfg, n, batch=2) <= memory < kv_cache.kv_cache_bytes(cfg, n + 1, batch=2)
-    with pytest.raises(ValueError, match="memory_bytes"):
-        kv_cache.max_context(cfg, -1.0)
-
-
-def test_kv_cache_per_token_values_per_variant():
-    c = BASE  # d_model 32, 4 heads of 8, 2 KV heads
-    assert kv_cache.cache_values_per_token(c.replace(n_kv_heads=None)) == 2 * 4 * 8
-    assert kv_cache.cache_values_per_token(c) == 2 * 2 * 8
-    assert kv_cache.cache_values_per_token(c.replace(n_kv_heads=1)) == 2 * 8
-    assert kv_cache.cache_values_per_token(c.replace(attention="mla")) == 32 + 8
-    assert kv_cache.cache_values_per_token(c.replace(attention="sparse", sparse_top_k=4)) == 32 + 8
-    v3 = ModelConfig(d_model=7168, n_heads=128, n_layers=61, attention="mla", kv_lora_rank=512,
-                     qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=1536)
-    assert kv_cache.cache_values_per_token(v3) == 576  # DeepSeek-V3: 512 + 64 per layer
-    assert kv_cache.kv_bytes_per_token(v3, 2) == 61 * 576 * 2
-    sliding = c.replace(attention="sliding", sliding_window=16)
-    assert kv_cache.kv_cache_bytes(sliding, 1_000_000) == kv_cache.kv_cache_bytes(sliding, 16)
-    assert kv_cache.kv_cache_bytes(c, 1000) == 1000 * kv_cache.kv_bytes_per_token(c)
-
-
 # --- parameter and FLOP accounting ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["mla_naive", "mla_absorbed", "sparse", "sliding"])
@@ -274,22 +280,3 @@ def test_param_counts_match_built_attention(name):
     cfg = VARIANTS[name][0]
     per_layer = param_counts(cfg.replace(n_layers=1))["attention"]
     assert count_params(_build(name)) == per_layer
-
-
-def test_attention_flops_mla_and_sparse():
-    mla = VARIANTS["mla_naive"][0]
-    # per key and head: scores over qk_nope + qk_rope channels, weighted sum over v_head_dim
-    per_key = mla.n_heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim)
-    assert attention_flops_per_token(mla, 100) == 2 * mla.n_layers * 100 * per_key
-    # what each decode path of MLAttention really costs; absorption wins at long context
-    naive, absorbed = (mla_decode_flops_per_token(mla, 1000, a) for a in (False, True))
-    assert naive > attention_flops_per_token(mla, 1000) and absorbed < naive
-    h, c, r = mla.n_heads, mla.kv_lora_rank, mla.qk_rope_head_dim
-    grow = mla_decode_flops_per_token(mla, 11, True) - mla_decode_flops_per_token(mla, 10, True)
-    assert grow == 2 * mla.n_layers * h * (2 * c + r)  # per extra cached token
-    sp = VARIANTS["sparse"][0]  # top_k = 3
-    dense = attention_flops_per_token(BASE, 3)
-    indexer = 2 * sp.n_layers * sp.index_n_heads * sp.index_head_dim
-    assert attention_flops_per_token(sp, 3) == dense + 3 * indexer
-    assert attention_flops_per_token(sp, 1000) == dense + 1000 * indexer  # only the indexer grows
-    assert attention_flops_per_token(sp, 1000) < attention_flops_per_token(BASE, 1000)

@@ -64,12 +64,32 @@ def test_time_many_gives_slow_calls_fewer_runs():
     assert t["fast"].runs == 3 and t["fast"].median > 0
 
 
-def test_flop_counts():
+def test_flop_counts_equal_the_matmuls_of_a_layer_step():
+    """dense_flops and moe_useful_flops against the matmuls a forward + backward really runs
+    (counted from the jaxpr). The reference dispatch runs the useful work -- each (token,
+    slot) meets one expert, no padding -- plus one einsum the useful count leaves out: each
+    token's weighted sum of its top_k expert outputs (2 * top_k * d_model per token, x3 with
+    the backward pass)."""
+    from minimoe.accounting import matmul_flops
+
+    cfg = TINY
+    x, g = bench.layer_inputs(cfg)
+    step, args = bench.layer_call(bench.make_dense(cfg), x, g)
+    assert matmul_flops(step, *args) == bench.dense_flops(cfg)
+    moe = bench.make_moe(cfg.replace(capacity_factor=None), "reference")
+    step, args = bench.layer_call(moe, x, g)
+    combine = 3 * 2 * cfg.tokens * cfg.top_k * cfg.d_model
+    assert matmul_flops(step, *args) == bench.moe_useful_flops(cfg) + combine
+
+
+def test_total_params_counts_the_built_layer():
+    from flax import nnx
+
     cfg = bench.BenchConfig()
-    # 8 x 128 active hidden units = the dense 1024: equal FFN FLOPs, plus the router
-    router = 3 * 2 * cfg.tokens * cfg.d_model * cfg.n_experts
-    assert bench.moe_useful_flops(cfg) == bench.dense_flops(cfg) + router
-    assert bench.total_params(cfg, 256) > 15 * bench.total_params(cfg, 16) / 2
+    for n in (16, 256):
+        layer = nnx.eval_shape(lambda: bench.make_moe(cfg, "sort", n_experts=n))
+        arrays = jax.tree.leaves(nnx.state(layer, nnx.Param))
+        assert bench.total_params(cfg, n) == sum(a.size for a in arrays)
 
 
 def test_command_line(tmp_path, capsys):
@@ -80,4 +100,5 @@ def test_command_line(tmp_path, capsys):
                                                               str(out))
     with pytest.raises(SystemExit):
         bench.parse_args(["--strategies", "magic"])
-    assert jax.devices()  # the environment line has something to report
+    env = bench.environment()
+    assert env["device_count"] == jax.device_count() and env["backend"] == jax.default_backend()

@@ -83,6 +83,7 @@ SHAPES = [  # tokens, n_experts, top_k, skew
 BIG = SHAPES[-1]
 
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("tokens, n_experts, top_k, skew", SHAPES)
 def test_every_strategy_equals_reference_and_loop_without_drops(tokens, n_experts, top_k, skew):
     args = make_problem(tokens * 7 + n_experts, tokens, n_experts, top_k, skew=skew)
@@ -99,6 +100,7 @@ def test_every_strategy_equals_reference_and_loop_without_drops(tokens, n_expert
         np.testing.assert_array_equal(out.tokens_per_expert, counts)
 
 
+@pytest.mark.default_xla
 @pytest.mark.parametrize("capacity", [1, 2])
 def test_onehot_and_sort_drop_identically(capacity):
     tokens, n_experts, top_k, _ = BIG
@@ -160,19 +162,35 @@ def test_dropless_block_sizes(block_size):
     assert np.ceil(counts / block_size).sum() <= num_blocks(tokens * top_k, n_experts, block_size)
 
 
-def test_gradients_of_all_strategies_match_reference():
+@pytest.mark.default_xla
+@pytest.mark.parametrize("capacity", [None, 2])
+def test_gradients_of_all_strategies_match_reference(capacity):
     tokens, n_experts, top_k, _ = BIG
     args = make_problem(21, tokens, n_experts, top_k, skew=True)
+    x, idx, w, wg, wu, wd = args
     probe = jnp.asarray(np.random.default_rng(0).normal(size=(tokens, 6)), jnp.float32)
 
-    def grads(strategy):
+    def grads(strategy, cap=capacity, weights_scale=None):
         def f(x, w, wg, wu, wd):
-            return jnp.sum(dispatch(strategy, x, args[1], w, wg, wu, wd).output * probe)
-        x, _, w, wg, wu, wd = args
+            if weights_scale is not None:
+                w = w * weights_scale
+            return jnp.sum(dispatch(strategy, x, idx, w, wg, wu, wd, capacity=cap).output * probe)
         return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3, 4)))(x, w, wg, wu, wd)
 
     ref = grads("reference")
-    for strategy in STRATEGIES[1:]:
+    if capacity is not None:
+        # with drops, the reference's gradient is the dropless one with the dropped weights
+        # set to 0: no gradient reaches a dropped slot's weight or through it to the expert
+        _, kept = loop_moe(*args, capacity=capacity)
+        assert not kept.all()  # the case is about dropping
+        masked = grads("reference", None, jnp.asarray(kept, jnp.float32))
+        for g, r in zip(ref[:1] + ref[2:], masked[:1] + masked[2:]):
+            np.testing.assert_allclose(g, r, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(ref[1])[~kept], 0.0)
+        np.testing.assert_allclose(np.asarray(ref[1])[kept], np.asarray(masked[1])[kept],
+                                   atol=1e-5)
+    strategies = STRATEGIES[1:] if capacity is None else ("onehot", "sort")
+    for strategy in strategies:
         for g, r in zip(grads(strategy), ref):
             assert np.isfinite(np.asarray(g)).all()
             np.testing.assert_allclose(g, r, atol=1e-4, err_msg=strategy)
