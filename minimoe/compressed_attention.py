@@ -46,8 +46,10 @@ reaches the residual stream (tested).
 Decoding: the cache holds a ring buffer of the window's raw entries, the compressed entries
 (appended as blocks complete), the indexer's keys, and each compressor's *state*: the
 projections of the last (1 + overlap) * m tokens, from which the next entry is pooled when its
-block completes. Prefill and decoding are the same code path; the whole sequence without a
-cache is one chunk from position 0 (tested equal to token-by-token decoding for every kind).
+block completes. Prefill and decoding are the same code path (``compress`` gathers each
+completed block's rows from the state and the new tokens); a whole sequence without a cache
+pools its blocks by reshaping (``compress_from_start``). Both are tested against a per-window
+loop, and decoding against the full forward pass for every kind.
 
 Simplifications at course scale, said here so nothing is hidden: no YaRN scaling of
 ``compress_rope_theta`` (V4 extends its 64K pretraining window to 1M; the course's sequences are
