@@ -46,8 +46,10 @@ reaches the residual stream (tested).
 Decoding: the cache holds a ring buffer of the window's raw entries, the compressed entries
 (appended as blocks complete), the indexer's keys, and each compressor's *state*: the
 projections of the last (1 + overlap) * m tokens, from which the next entry is pooled when its
-block completes. Prefill and decoding are the same code path; the whole sequence without a
-cache is one chunk from position 0 (tested equal to token-by-token decoding for every kind).
+block completes. Prefill and decoding are the same code path (``compress`` gathers each
+completed block's rows from the state and the new tokens); a whole sequence without a cache
+pools its blocks by reshaping (``compress_from_start``). Both are tested against a per-window
+loop, and decoding against the full forward pass for every kind.
 
 Simplifications at course scale, said here so nothing is hidden: no YaRN scaling of
 ``compress_rope_theta`` (V4 extends its 64K pretraining window to 1M; the course's sequences are
@@ -172,6 +174,29 @@ def compress(kv: jax.Array, score: jax.Array, kv_state: jax.Array, score_state: 
             ring_write(score_state, score, start))
 
 
+def compress_from_start(kv: jax.Array, score: jax.Array, ratio: int, head_dim: int,
+                        overlap: bool):
+    """``compress`` for a whole sequence from position 0 without a cache, by reshaping into
+    blocks instead of gathering rows (the same numbers, tested; cheaper to compile and run).
+
+    kv, score: [batch, seq, c * head_dim]. Returns (pooled [batch, n, head_dim], blocks [n],
+    complete [n]) for the n = (seq - 1) // ratio + 1 candidate blocks; the last one is
+    incomplete when seq is not a multiple of ratio (its missing slots are empty).
+    """
+    b, s, cd = kv.shape
+    n = (s - 1) // ratio + 1
+    pad = ((0, 0), (0, n * ratio - s), (0, 0))
+    kv_b = jnp.pad(kv, pad).reshape(b, n, ratio, cd)  # [batch, n, ratio, c * head_dim]
+    sc_b = jnp.pad(score, pad, constant_values=NEG_INF).reshape(b, n, ratio, cd)
+    if overlap:  # each window: the previous block's rows (none before block 0), then its own
+        before = ((0, 0), (1, 0), (0, 0), (0, 0))
+        kv_b = jnp.concatenate([jnp.pad(kv_b, before)[:, :-1], kv_b], axis=2)
+        sc_b = jnp.concatenate([jnp.pad(sc_b, before, constant_values=NEG_INF)[:, :-1], sc_b], 2)
+    pooled = pool(window_slots(kv_b, head_dim, overlap), window_slots(sc_b, head_dim, overlap))
+    blocks = jnp.arange(n)
+    return pooled, blocks, (blocks + 1) * ratio <= s
+
+
 def attention_with_sink(q: jax.Array, kv: jax.Array, mask: jax.Array, sink: jax.Array,
                         bias: jax.Array | None = None) -> jax.Array:
     """Attention of every query head over ONE shared key/value head, with a sink per head.
@@ -237,12 +262,17 @@ class Compressor(nnx.Module):
     def __call__(self, x: jax.Array, start: jax.Array, kv_state: jax.Array,
                  score_state: jax.Array):
         """Entries [batch, n, head_dim] of the candidate blocks of chunk x [batch, seq, d_model]
-        at positions ``start ..``, with (blocks [n], complete [n], new states)."""
+        at positions ``start ..``, with (blocks [n], complete [n], new states). States None:
+        x is a whole sequence from position 0 without a cache (and None is returned)."""
         pos = start + jnp.arange(x.shape[1])
         kv = linear(x, self.wkv[...])  # [batch, seq, c * head_dim]
         score = linear(x, self.wgate[...]) + self.ape[...][jnp.mod(pos, self.ratio)]
-        pooled, blocks, complete, kv_state, score_state = compress(
-            kv, score, kv_state, score_state, start, self.ratio, self.head_dim, self.overlap)
+        if kv_state is None:  # the whole sequence from position 0, no cache
+            pooled, blocks, complete = compress_from_start(kv, score, self.ratio, self.head_dim,
+                                                           self.overlap)
+        else:
+            pooled, blocks, complete, kv_state, score_state = compress(
+                kv, score, kv_state, score_state, start, self.ratio, self.head_dim, self.overlap)
         entries = self.norm(pooled.astype(x.dtype))
         entries = rope_tail(entries[:, :, None], blocks * self.ratio, self.rope_dim,
                             self.rope_theta)[:, :, 0]
@@ -332,11 +362,6 @@ class CompressedAttention(nnx.Module):
             index_kv_state=empty(*idx_state), index_score_state=empty(*idx_state),
             pos=jnp.zeros((), jnp.int32))
 
-    def _empty_states(self, batch_size: int, dtype):
-        """Compressor states before position 0 (for a call without a cache)."""
-        c = self.init_cache(batch_size, 0, dtype)
-        return c.kv_state, c.score_state, c.index_kv_state, c.index_score_state
-
     # -- forward ---------------------------------------------------------------------------
 
     def __call__(self, x: jax.Array, cache: CompressedKVCache | None = None):
@@ -360,7 +385,7 @@ class CompressedAttention(nnx.Module):
             window = ring_write(cache.window, kv, start)
         mask = (causal_mask(q_pos, k_pos, self.window) & (k_pos >= 0)[None, :])[None]
         bias = None
-        states = (self._empty_states(b, x.dtype) if cache is None else
+        states = ((None,) * 4 if cache is None else
                   (cache.kv_state, cache.score_state, cache.index_kv_state, cache.index_score_state))
         new = dict(kv_state=states[0], score_state=states[1], index_kv_state=states[2],
                    index_score_state=states[3])

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from minimoe import kv_cache
-from minimoe.compressed_attention import (CompressedAttention, top_k_entries, compress)
+from minimoe.compressed_attention import (CompressedAttention, compress, compress_from_start,
+                                          top_k_entries)
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer, make_attention
 
@@ -89,6 +90,11 @@ def test_compress_equals_a_per_window_loop_in_one_chunk_and_in_pieces(ratio, ove
                                               overlap)
     np.testing.assert_allclose(pooled[:, np.asarray(complete)], ref, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(blocks)[np.asarray(complete)], np.arange(seq // ratio))
+    # the reshaped path of a whole sequence without a cache: the same entries
+    p2, b2, ok2 = compress_from_start(kv, score, ratio, d, overlap)
+    np.testing.assert_array_equal(b2, blocks)
+    np.testing.assert_array_equal(ok2, complete)
+    np.testing.assert_allclose(p2[:, np.asarray(ok2)], ref, atol=1e-5)
     # the same entries when the tokens arrive in uneven chunks, the state carried between them
     got, kv_s, sc_s, t = {}, state, state, 0
     for n in (3, 1, 5, 1, 3):
