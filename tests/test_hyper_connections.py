@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe.config import ModelConfig
+from minimoe.accounting import count_params, param_counts
+from minimoe.config import ModelConfig, MoEConfig
 from minimoe.hyper_connections import (HCCoefficients, HyperConnection, depth_gain,
                                        expand_streams, hc_coefficients, hc_head, hc_post,
                                        hc_pre, hc_residual, sinkhorn, stream_mixes)
@@ -149,3 +150,18 @@ def test_sinkhorn_keeps_signal_and_gradient_bounded_through_depth(seed):
     # the same random matrices unprojected: far larger growth, forward and backward
     assert float(hc.signal[-1]) > 10 * float(mhc.signal[-1])
     assert float(hc.grad[0]) > 10 * float(mhc.grad[0])
+
+
+@pytest.mark.parametrize("changes", [
+    dict(hc_mult=4),
+    dict(hc_mult=3, num_nextn_predict_layers=1, tie_embeddings=False),
+    dict(num_nextn_predict_layers=1, num_hash_layers=1,
+         moe=MoEConfig(n_experts=4, top_k=2, d_expert=8, router="deepseek_v4",
+                       n_shared_experts=1)),
+], ids=["mhc", "mhc+mtp", "moe+hash+mtp"])
+def test_param_counts_include_mhc_and_report_mtp_apart(changes):
+    cfg = CFG.replace(**changes)
+    counts = param_counts(cfg)
+    assert count_params(Transformer(cfg, rngs=nnx.Rngs(0))) == counts["total"] + counts["mtp"]
+    assert (counts["hyper_connections"] > 0) == (cfg.hc_mult > 1)
+    assert (counts["mtp"] > 0) == bool(cfg.num_nextn_predict_layers)
