@@ -71,7 +71,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 
 def _hc_block_params(cfg: ModelConfig) -> int:
-    """mHC's maps around one block's two sub-layers: ``fn`` [(2+n)n, n d], ``base``, ``scale`` [3]."""
+    """mHC's maps around one block's two sub-layers: ``fn`` [(2+n)n, n d], ``base``, ``scale``."""
     nh = cfg.hc_mult
     if nh == 1:
         return 0

@@ -173,12 +173,15 @@ class HyperConnection(nnx.Module):
     def __init__(self, d_model: int, hc_mult: int, sinkhorn_iters: int, eps: float,
                  norm_eps: float, *, rngs: nnx.Rngs):
         n = hc_mult
-        self.hc_mult, self.sinkhorn_iters, self.eps, self.norm_eps = n, sinkhorn_iters, eps, norm_eps
+        self.hc_mult, self.sinkhorn_iters = n, sinkhorn_iters
+        self.eps, self.norm_eps = eps, norm_eps
         n_mix = (2 + n) * n
-        self.fn = nnx.Param(jax.random.normal(rngs.params(), (n_mix, n * d_model)) * (n * d_model) ** -0.5)
+        self.fn = nnx.Param(
+            jax.random.normal(rngs.params(), (n_mix, n * d_model)) * (n * d_model) ** -0.5)
+        pre_base = jnp.full((n,), _logit(min(1.0 / n, 0.99)))  # pre = 1/n
+        post_base = jnp.zeros((n,))  # post = 2 sigmoid(0) = 1
         comb_base = jnp.where(jnp.eye(n, dtype=bool), 0.0, -4.0).reshape(-1)  # softmax ~ diagonal
-        self.base = nnx.Param(jnp.concatenate([
-            jnp.full((n,), _logit(min(1.0 / n, 0.99))), jnp.zeros((n,)), comb_base]).astype(jnp.float32))
+        self.base = nnx.Param(jnp.concatenate([pre_base, post_base, comb_base]).astype(jnp.float32))
         self.scale = nnx.Param(jnp.full((3,), 0.01, jnp.float32))
 
     def coefficients(self, x: jax.Array) -> HCCoefficients:
@@ -208,7 +211,8 @@ class HyperHead(nnx.Module):
                  rngs: nnx.Rngs):
         n = hc_mult
         self.eps, self.norm_eps = eps, norm_eps
-        self.fn = nnx.Param(jax.random.normal(rngs.params(), (n, n * d_model)) * (n * d_model) ** -0.5)
+        self.fn = nnx.Param(
+            jax.random.normal(rngs.params(), (n, n * d_model)) * (n * d_model) ** -0.5)
         self.base = nnx.Param(jnp.full((n,), _logit(min(1.0 / n, 0.99)), jnp.float32))
         self.scale = nnx.Param(jnp.full((1,), 0.01, jnp.float32))
 
