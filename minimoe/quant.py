@@ -16,8 +16,8 @@ The formats:
 
 Scale rule (V4's ue8m0 scales): the smallest power of two ``s`` with ``amax / s <= max`` (448
 for e4m3, 6 for e2m1), so no value of the block is clipped; an all-zero block gets ``s = 1``.
-Rounding to the code is round-to-nearest, ties to even (the cast JAX performs, written out
-from the formats' definitions in the tests).
+Rounding to the code is round-to-nearest, ties to even (``round_to_grid``; the tests check
+it against every value of each format, enumerated from its bit patterns).
 
 Storage: an FP8 code is 1 byte; FP4 codes are packed two per byte (``pack_fp4``, as in the
 checkpoints; JAX itself holds a ``float4_e2m1fn`` array with one byte per value); every scale
@@ -39,6 +39,8 @@ FORMATS = {
     "fp8": (jnp.float8_e4m3fn, 448.0, (128, 128)),
     "fp4": (jnp.float4_e2m1fn, 6.0, (32, 1)),
 }
+# name: (mantissa bits, exponent of the smallest normal number)
+_GRID = {"fp8": (3, -6), "fp4": (1, 0)}
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
@@ -81,9 +83,24 @@ def _blocked(w: jax.Array, block) -> jax.Array:
 
 def power_of_two_scales(amax: jax.Array, max_code: float) -> jax.Array:
     """The ue8m0 scale of blocks with largest magnitude ``amax``: ``2^ceil(log2(amax / max))``,
-    1 for an all-zero block. float32, exact powers of two."""
-    safe = jnp.where(amax > 0, amax, max_code)
-    return jnp.exp2(jnp.ceil(jnp.log2(safe / max_code)))
+    1 for an all-zero block. float32, exact powers of two (from ``frexp``, not a rounded log)."""
+    ratio = jnp.where(amax > 0, amax, max_code) / max_code
+    mant, exp = jnp.frexp(ratio)  # ratio = mant * 2^exp, mant in [0.5, 1)
+    return jnp.ldexp(jnp.ones_like(ratio), jnp.where(mant == 0.5, exp - 1, exp))
+
+
+def round_to_grid(y: jax.Array, fmt: str) -> jax.Array:
+    """Round float32 ``y`` (|y| <= the format's max) to the nearest value of ``fmt``, ties to
+    even: the spacing of the format near ``y`` is ``2^(max(e, e_min) - mantissa_bits)`` with
+    ``2^e <= |y| < 2^(e+1)`` (below the smallest normal number the spacing stays that of
+    ``e_min``: the subnormals). Written out rather than left to the dtype cast, whose rounding
+    differs between JAX versions for FP8 (Colab's 0.7.2 rounds a fraction of values the
+    other way); the cast of the result is then exact.
+    """
+    mbits, emin = _GRID[fmt]
+    _, exp = jnp.frexp(y)  # |y| = m * 2^exp, m in [0.5, 1): e = exp - 1
+    step = jnp.ldexp(jnp.ones_like(y), jnp.maximum(exp - 1, emin) - mbits)
+    return jnp.round(y / step) * step  # jnp.round: half to even
 
 
 def quantize(w: jax.Array, fmt: str = "fp4", block=None) -> Quantized:
@@ -99,7 +116,8 @@ def quantize(w: jax.Array, fmt: str = "fp4", block=None) -> Quantized:
     wb = _blocked(jnp.asarray(w, jnp.float32), block)  # [..., R/br, br, C/bc, bc]
     amax = jnp.max(jnp.abs(wb), axis=(-3, -1))  # [..., R/br, C/bc]
     scales = power_of_two_scales(amax, max_code)
-    codes = (wb / scales[..., :, None, :, None]).astype(dtype).reshape(w.shape)
+    y = jnp.clip(wb / scales[..., :, None, :, None], -max_code, max_code)
+    codes = round_to_grid(y, fmt).astype(dtype).reshape(w.shape)
     return Quantized(codes, scales.astype(jnp.float8_e8m0fnu), block, fmt)
 
 

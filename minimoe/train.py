@@ -178,15 +178,33 @@ def _muon_dimension_numbers(params):
 def _muon_transform(tcfg: TrainConfig) -> optax.GradientTransformation:
     """optax's own Muon (``optax.contrib.muon``) on the ``"muon"`` parameters, AdamW (with
     ``decay_mask``) on the rest; both with the warm-up + cosine shape, peaks ``muon_lr`` and
-    ``lr``; decoupled weight decay ``weight_decay`` on both."""
+    ``lr``; decoupled weight decay ``weight_decay`` on both.
+
+    The partition runs on the flat list of parameter arrays, labelled from the named tree:
+    flax 0.11 (Colab's) cannot hold optax's masked placeholders inside a tree of NNX
+    variables, a plain list works with both flax versions.
+    """
     from optax.contrib import muon
-    return optax.partition(
-        {"muon": muon(make_schedule(tcfg.replace(lr=tcfg.muon_lr)),
-                      weight_decay=tcfg.weight_decay,
-                      muon_weight_dimension_numbers=_muon_dimension_numbers),
-         "adamw": optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay,
-                              mask=decay_mask)},
-        muon_labels)
+    transforms = {
+        "muon": muon(make_schedule(tcfg.replace(lr=tcfg.muon_lr)),
+                     weight_decay=tcfg.weight_decay,
+                     muon_weight_dimension_numbers=_muon_dimension_numbers),
+        "adamw": optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay,
+                             mask=decay_mask)}
+
+    def partitioned(tree) -> optax.GradientTransformation:
+        return optax.partition(transforms, jax.tree_util.tree_leaves(muon_labels(tree)))
+
+    def init(params):
+        return partitioned(params).init(jax.tree_util.tree_leaves(params))
+
+    def update(updates, state, params=None):
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        flat_params = None if params is None else jax.tree_util.tree_leaves(params)
+        new, state = partitioned(updates).update(leaves, state, flat_params)
+        return jax.tree_util.tree_unflatten(treedef, new), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

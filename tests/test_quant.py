@@ -14,26 +14,45 @@ from minimoe.quant import (E2M1_VALUES, dequantize, fake_quantize, pack_fp4, qua
                            quantize_experts, storage_nbytes, unpack_fp4)
 
 
-def e2m1_round(y: np.ndarray) -> np.ndarray:
-    """Nearest e2m1 value (|y| <= 6), ties to the value whose mantissa bit is 0."""
-    mags = np.array(E2M1_VALUES)
-    even = np.array([True, False, True, False, True, False, True, False])  # mantissa bit 0
-    a = np.abs(y)[..., None]
-    dist = np.abs(a - mags)
-    best = dist.min(-1, keepdims=True)
-    tie_ok = np.isclose(dist, best, rtol=0, atol=1e-12)
-    # among the nearest, prefer an even mantissa
-    choice = np.where(tie_ok & even, 0, np.where(tie_ok, 1, 2)).argmin(-1)
+def format_values(n_bits: int, exp_bits: int, man_bits: int, bias: int, nan_codes=()):
+    """Every finite non-negative value of a sign/exponent/mantissa format, from its bit
+    patterns, with a flag for an even (lowest mantissa bit 0) code."""
+    vals, even = [], []
+    for code in range(2 ** (n_bits - 1)):  # sign bit 0
+        if code in nan_codes:
+            continue
+        e, m = code >> man_bits, code & (2 ** man_bits - 1)
+        v = (m / 2 ** man_bits) * 2.0 ** (1 - bias) if e == 0 else \
+            (1 + m / 2 ** man_bits) * 2.0 ** (e - bias)
+        vals.append(v)
+        even.append(m % 2 == 0)
+    return np.array(vals), np.array(even)
+
+
+E2M1 = format_values(4, 2, 1, 1)
+E4M3 = format_values(8, 4, 3, 7, nan_codes=(0x7F,))  # fn: S.1111.111 is NaN, no infinity
+
+
+def nearest(y: np.ndarray, table) -> np.ndarray:
+    """Nearest value of the format (|y| <= its max), ties to the even code."""
+    mags, even = table
+    dist = np.abs(np.abs(y)[..., None] - mags)
+    tie = dist == dist.min(-1, keepdims=True)
+    choice = np.where(tie & even, 0, np.where(tie, 1, 2)).argmin(-1)  # prefer an even code
     return np.sign(y) * mags[choice]
 
 
-def e4m3_round(y: np.ndarray) -> np.ndarray:
-    """Nearest e4m3fn value (|y| <= 448): 3 mantissa bits, exponents down to -6 (below that
-    subnormal steps of 2^-9), round half to even."""
-    a = np.abs(y).astype(np.float64)
-    e = np.floor(np.log2(np.where(a > 0, a, 1.0)))
-    step = np.exp2(np.maximum(e, -6) - 3)
-    return np.sign(y) * np.round(a / step) * step  # np.round: half to even
+def e2m1_round(y):
+    return nearest(y, E2M1)
+
+
+def e4m3_round(y):
+    return nearest(y, E4M3)
+
+
+def test_format_tables_are_the_published_ones():
+    np.testing.assert_array_equal(np.sort(E2M1[0]), E2M1_VALUES)
+    assert E4M3[0].max() == 448 and len(E4M3[0]) == 127 and np.min(E4M3[0][E4M3[0] > 0]) == 2.0 ** -9
 
 
 def ref_quantize(w: np.ndarray, block, max_code, round_fn):
