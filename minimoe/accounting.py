@@ -61,7 +61,10 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     Returns ``total`` (every trainable parameter), ``active`` (those one token's forward pass
     multiplies by: all but the embedding lookup and the routed experts it does not select; a tied
     output projection counts here), ``embedding``, ``attention``, ``ffn_dense``, ``experts_routed``,
-    ``experts_shared``, ``router`` and ``norms``.
+    ``experts_shared``, ``router`` and ``norms``; with DeepSeek-V4's options also
+    ``hyper_connections`` (mHC's coefficient maps, in ``total`` and ``active``) and ``mtp`` (the
+    multi-token-prediction module, left out of ``total`` and ``active`` as V3's and V4's
+    published sizes leave it out: a built model has ``total + mtp`` parameters).
     """
     d, n = cfg.d_model, cfg.n_layers
     n_moe = sum(cfg.is_moe_layer(i) for i in range(n))
@@ -79,10 +82,42 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
         c["experts_shared"] = n_moe * 3 * d * m.shared_hidden
         c["router"] = n_moe * d * m.n_experts
         active_experts = n_moe * m.top_k * 3 * d * m.d_expert
+    c["hyper_connections"] = n * _hc_block_params(cfg) + _hc_head_params(cfg)
     body = c["attention"] + c["norms"] + c["ffn_dense"] + c["experts_shared"] + c["router"]
+    body += c["hyper_connections"]
     c["total"] = c["embedding"] + lm_head + body + c["experts_routed"]
     c["active"] = body + active_experts + (lm_head or c["embedding"])
+    c["mtp"] = _mtp_params(cfg)
     return c
+
+
+def _hc_block_params(cfg: ModelConfig) -> int:
+    """mHC's maps around one block's two sub-layers: ``fn`` [(2+n)n, n d], ``base``, ``scale``."""
+    nh = cfg.hc_mult
+    if nh == 1:
+        return 0
+    return 2 * ((2 + nh) * nh * (nh * cfg.d_model + 1) + 3)
+
+
+def _hc_head_params(cfg: ModelConfig) -> int:
+    """mHC's head: ``fn`` [n, n d], ``base`` [n], ``scale`` [1]."""
+    nh = cfg.hc_mult
+    return 0 if nh == 1 else nh * (nh * cfg.d_model + 1) + 1
+
+
+def _mtp_params(cfg: ModelConfig) -> int:
+    """The MTP module: three norms, two d x d projections, one block (MoE when the model has
+    MoE, never hash-routed) and, with mHC, its own head maps; embedding and output shared."""
+    if not cfg.num_nextn_predict_layers:
+        return 0
+    d = cfg.d_model
+    block = _attention_params(cfg) + 2 * d + _hc_block_params(cfg)
+    if cfg.is_moe_layer(cfg.n_layers):
+        m = cfg.moe
+        block += 3 * d * (m.n_experts * m.d_expert + m.shared_hidden) + d * m.n_experts
+    else:
+        block += 3 * d * cfg.d_ff
+    return 3 * d + 2 * d * d + block + _hc_head_params(cfg)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -98,6 +98,10 @@ class MoEConfig:
         z_loss_coef: weight of the router z-loss (ST-MoE).
         bias_update_rate: step size of DeepSeek's aux-loss-free bias balancing; 0 disables it
             (only the DeepSeek routers have the bias).
+        swiglu_limit: DeepSeek-V4's SwiGLU clamp for the routed and shared experts
+            (config.json ``swiglu_limit``, 10 there): the gate pre-activation is clamped from
+            above at ``swiglu_limit`` and the up projection to ``[-swiglu_limit,
+            swiglu_limit]`` before ``silu(gate) * up``; 0 turns it off (plain SwiGLU).
     """
 
     n_experts: int = 8
@@ -117,6 +121,7 @@ class MoEConfig:
     seq_aux_loss_coef: float = 0.0
     z_loss_coef: float = 0.0
     bias_update_rate: float = 0.0
+    swiglu_limit: float = 0.0
 
     def __post_init__(self):
         _positive("n_experts", self.n_experts)
@@ -156,6 +161,7 @@ class MoEConfig:
         for name in ("aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "bias_update_rate",
                      "router_noise_std", "routed_scaling_factor"):
             _non_negative(name, getattr(self, name))
+        _non_negative("swiglu_limit", self.swiglu_limit)
         _boolean("renormalize", self.renormalize, allow_none=True)
         # settings that would silently do nothing
         if self.n_shared_experts == 0 and self.d_shared is not None:
@@ -271,6 +277,17 @@ class ModelConfig:
         compress_rope_theta: RoPE base of the compressed layers (window-only layers use
             ``rope_theta``). ``sliding_window``, ``q_lora_rank``, ``qk_rope_head_dim``,
             ``index_n_heads`` and ``index_head_dim`` are shared with the other variants.
+
+    DeepSeek-V4's block (names as in V4's config.json; the defaults are today's model):
+        hc_mult: residual streams of manifold-constrained hyper-connections (mHC,
+            ``hyper_connections.py``); 1 is the plain residual ``x + f(x)``.
+        hc_sinkhorn_iters: Sinkhorn iterations projecting mHC's stream-mixing matrix onto the
+            doubly-stochastic matrices (V4: 20).
+        hc_eps: the epsilon of mHC's weights and Sinkhorn normalisations (V4: 1e-6).
+        num_hash_layers: the first ``num_hash_layers`` MoE layers route by a fixed token-id
+            table (``tid2eid``) instead of by the router's top-k; needs a DeepSeek router.
+        num_nextn_predict_layers: 1 adds a multi-token-prediction module (``mtp.py``) that
+            predicts the token after next; 0 (default) has none.
     """
 
     vocab_size: int = 256
@@ -303,6 +320,11 @@ class ModelConfig:
     o_lora_rank: int | None = None
     index_topk: int | None = None
     compress_rope_theta: float = 160000.0
+    hc_mult: int = 1
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    num_hash_layers: int = 0
+    num_nextn_predict_layers: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -351,6 +373,38 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is used only by attention "
                                  f"{kinds}; with attention={self.attention!r} leave it None")
         self._check_compressed_attention()
+        self._validate_v4_fields()
+
+    def _validate_v4_fields(self) -> None:
+        """Checks of DeepSeek-V4's fields (mHC, hash routing, MTP)."""
+        _positive("hc_mult", self.hc_mult)
+        _positive("hc_sinkhorn_iters", self.hc_sinkhorn_iters)
+        _non_negative("hc_eps", self.hc_eps)
+        n_moe = self.n_moe_layers
+        if isinstance(self.num_hash_layers, bool) or not isinstance(self.num_hash_layers, int) \
+                or not 0 <= self.num_hash_layers <= n_moe:
+            raise ValueError(
+                f"num_hash_layers must be an integer in [0, number of MoE layers = {n_moe}], "
+                f"got {self.num_hash_layers!r}")
+        if self.num_hash_layers and self.moe.router not in ("deepseek_v3", "deepseek_v4"):
+            raise ValueError(
+                f"hash routing (num_hash_layers={self.num_hash_layers}) takes its gate weights "
+                f"from DeepSeek's scores: router must be 'deepseek_v3' or 'deepseek_v4', "
+                f"got {self.moe.router!r}")
+        if self.num_nextn_predict_layers not in (0, 1) \
+                or isinstance(self.num_nextn_predict_layers, bool):
+            raise ValueError(f"num_nextn_predict_layers must be 0 or 1 (one MTP module, as in "
+                             f"DeepSeek-V3/V4), got {self.num_nextn_predict_layers!r}")
+
+    @property
+    def n_moe_layers(self) -> int:
+        """How many blocks use the MoE feed-forward."""
+        return 0 if self.moe is None else self.n_layers - self.first_k_dense
+
+    def is_hash_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based) is one of the first ``num_hash_layers`` MoE layers,
+        which route by token id (DeepSeek-V4)."""
+        return self.is_moe_layer(layer) and layer < self.first_k_dense + self.num_hash_layers
 
     def _check_compressed_attention(self) -> None:
         """Validation of the DeepSeek-V4 fields: required with ``attention='compressed'``,

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minimoe.experts import expert_ffn
-from minimoe.ffn import swiglu
+from minimoe.ffn import swiglu, swiglu_activation
 
 STRATEGIES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
 DROPLESS_STRATEGIES = ("dropless", "ragged_dot")
@@ -128,7 +128,8 @@ def _resolve_capacity(capacity: int | None, tokens: int) -> int:
 # ----------------------------------------------------------------------------------------
 
 def dispatch_reference(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                       capacity: int | None = None) -> DispatchResult:
+                       capacity: int | None = None,
+                       swiglu_limit: float | None = None) -> DispatchResult:
     """Ground truth: for each (token, slot), gather the chosen expert's weights and apply the
     dense ``swiglu`` to that one token; sum the slots with the router weights.
 
@@ -144,7 +145,8 @@ def dispatch_reference(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
         kept = jnp.ones(expert_index.shape, jnp.bool_)  # [T, k]
     else:
         kept = position_in_expert(expert_index, n_experts) < capacity  # [T, k]
-    per_slot_ffn = jax.vmap(swiglu, in_axes=(None, 0, 0, 0))  # over the k slots of a token
+    per_slot_ffn = jax.vmap(lambda x, wg, wu, wd: swiglu(x, wg, wu, wd, swiglu_limit),
+                            in_axes=(None, 0, 0, 0))  # over the k slots of a token
     per_token_ffn = jax.vmap(per_slot_ffn)  # over tokens
     y_slots = per_token_ffn(x, w_gate[expert_index], w_up[expert_index],
                             w_down[expert_index])  # [T, k, d]
@@ -158,7 +160,8 @@ def dispatch_reference(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 # ----------------------------------------------------------------------------------------
 
 def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                    capacity: int | None = None) -> DispatchResult:
+                    capacity: int | None = None,
+                    swiglu_limit: float | None = None) -> DispatchResult:
     """GShard-style dispatch with dense 0/1 tensors (Lepikhin et al. 2020, Algorithm 1;
     Switch Transformer's Mesh-TF implementation).
 
@@ -182,7 +185,7 @@ def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot,
                          expert_weights)  # [T, E, C], in the router weights' dtype (float32)
     x_buf = jnp.einsum("tec,td->ecd", dispatch_mask, x)  # [E, C, d]
-    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down)  # [E, C, d]
+    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down, swiglu_limit=swiglu_limit)  # [E, C, d]
     output = jnp.einsum("tec,ecd->td", combine, y_buf)  # [T, d]
     return DispatchResult(output, kept, count_tokens_per_expert(expert_index, n_experts))
 
@@ -290,7 +293,8 @@ from_buffers.defvjp(_from_buffers_fwd, _from_buffers_bwd)
 
 
 def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                  capacity: int | None = None) -> DispatchResult:
+                  capacity: int | None = None,
+                  swiglu_limit: float | None = None) -> DispatchResult:
     """Sort-based dispatch into fixed-size capacity buffers.
 
     1. ``sort_assignments``: assignments sorted by expert, with their position in the group.
@@ -327,7 +331,8 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 
     x_buf = to_buffers(x, slot_token, token_slots).reshape(n_experts, capacity, d_model)
     y_buf = expert_ffn(x_buf, w_gate, w_up, w_down,
-                       row_weights=slot_weight.reshape(n_experts, capacity))  # [E, C, d]
+                       row_weights=slot_weight.reshape(n_experts, capacity),
+                       swiglu_limit=swiglu_limit)  # [E, C, d]
     out_dtype = jnp.result_type(x.dtype, w_down.dtype, expert_weights.dtype)
     output = from_buffers(y_buf.reshape(-1, d_model).astype(out_dtype), slot_token,
                           token_slots)  # [T, d]
@@ -347,7 +352,8 @@ def num_blocks(assignments: int, n_experts: int, block_size: int) -> int:
 
 def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
                       capacity: int | None = None,
-                      block_size: int = DEFAULT_BLOCK_SIZE) -> DispatchResult:
+                      block_size: int = DEFAULT_BLOCK_SIZE,
+                      swiglu_limit: float | None = None) -> DispatchResult:
     """Dropless MoE with block padding (MegaBlocks, Gale et al. 2022, §5).
 
     Instead of a fixed capacity per expert, each expert's group of sorted assignments is
@@ -381,7 +387,7 @@ def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     block_expert = jnp.searchsorted(padded_end, block_start, side="right")  # [n_blocks]
     block_expert = jnp.minimum(block_expert, n_experts - 1)  # unused tail blocks: any expert
     y_blocks = expert_ffn(x_blocks, w_gate[block_expert], w_up[block_expert],
-                          w_down[block_expert])  # [n_blocks, B, d]
+                          w_down[block_expert], swiglu_limit=swiglu_limit)  # [n_blocks, B, d]
     y_rows = y_blocks.reshape(-1, d_model)[row]  # [A, d]
     output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
     kept = jnp.ones(expert_index.shape, jnp.bool_)
@@ -393,7 +399,8 @@ def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 # ----------------------------------------------------------------------------------------
 
 def dispatch_ragged_dot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                        capacity: int | None = None) -> DispatchResult:
+                        capacity: int | None = None,
+                        swiglu_limit: float | None = None) -> DispatchResult:
     """Dropless dispatch with a grouped matmul, ``jax.lax.ragged_dot``.
 
     After sorting, the rows of expert e are one contiguous group of ``counts[e]`` rows;
@@ -411,7 +418,8 @@ def dispatch_ragged_dot(x, expert_index, expert_weights, w_gate, w_up, w_down, *
     x_sorted = x[s.token]  # [A, d]
     gate = jax.lax.ragged_dot(x_sorted, w_gate, s.counts)  # [A, h]
     up = jax.lax.ragged_dot(x_sorted, w_up, s.counts)  # [A, h]
-    y_rows = jax.lax.ragged_dot(jax.nn.silu(gate) * up, w_down, s.counts)  # [A, d]
+    y_rows = jax.lax.ragged_dot(swiglu_activation(gate, up, swiglu_limit), w_down,
+                                s.counts)  # [A, d]
     output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
     kept = jnp.ones(expert_index.shape, jnp.bool_)
     return DispatchResult(output, kept, s.counts)
@@ -433,13 +441,16 @@ _IMPLEMENTATIONS = {
 def dispatch(strategy: str, x: jax.Array, expert_index: jax.Array, expert_weights: jax.Array,
              w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, *,
              capacity: int | None = None,
-             block_size: int = DEFAULT_BLOCK_SIZE) -> DispatchResult:
+             block_size: int = DEFAULT_BLOCK_SIZE,
+             swiglu_limit: float | None = None) -> DispatchResult:
     """Run the routed experts with the named ``strategy`` (one of ``STRATEGIES``).
 
     x: [tokens, d_model]; expert_index: [tokens, top_k] int; expert_weights: [tokens, top_k];
     w_gate, w_up: [n_experts, d_model, d_expert]; w_down: [n_experts, d_expert, d_model].
     capacity: per-expert buffer size for ``reference``/``onehot``/``sort`` (None: dropless);
     must be None for ``dropless`` and ``ragged_dot``. block_size: only for ``dropless``.
+    swiglu_limit: DeepSeek-V4's SwiGLU clamp in every expert (``ffn.swiglu_activation``);
+    None or 0 is the plain SwiGLU.
     All strategies give the same ``output`` (up to float round-off) when nothing is dropped.
     """
     if strategy not in _IMPLEMENTATIONS:
@@ -448,5 +459,7 @@ def dispatch(strategy: str, x: jax.Array, expert_index: jax.Array, expert_weight
         raise ValueError(f"dispatch {strategy!r} never drops; capacity must be None, "
                          f"got {capacity!r}")
     kwargs = {"block_size": block_size} if strategy == "dropless" else {}
+    if swiglu_limit:
+        kwargs["swiglu_limit"] = swiglu_limit
     return _IMPLEMENTATIONS[strategy](x, expert_index, expert_weights, w_gate, w_up, w_down,
                                       capacity=capacity, **kwargs)

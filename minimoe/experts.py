@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minimoe.ffn import init_weight
+from minimoe.ffn import init_weight, swiglu_activation
 
 
 def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
-               row_weights: jax.Array | None = None) -> jax.Array:
+               row_weights: jax.Array | None = None,
+               swiglu_limit: float | None = None) -> jax.Array:
     """Apply expert ``e``'s SwiGLU to buffer ``e``, for every expert at once.
 
     ``y[e] = (silu(x[e] W_gate[e]) * (x[e] W_up[e])) W_down[e]`` -- the dense
@@ -26,6 +27,7 @@ def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax
     weight of the token in that buffer slot. The down projection is linear, so the weight is
     applied to the hidden activations before it: the same result, on a narrower array
     (``d_expert`` instead of ``d_model`` columns), fused into the SwiGLU product.
+    ``swiglu_limit``: DeepSeek-V4's optional clamp (``ffn.swiglu_activation``; None = off).
 
     x_buf: [n_experts, capacity, d_model]; w_gate, w_up: [n_experts, d_model, d_expert];
     w_down: [n_experts, d_expert, d_model]; row_weights: [n_experts, capacity]
@@ -33,7 +35,7 @@ def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax
     """
     gate = jnp.einsum("ecd,edh->ech", x_buf, w_gate)  # [n_experts, capacity, d_expert]
     up = jnp.einsum("ecd,edh->ech", x_buf, w_up)  # [n_experts, capacity, d_expert]
-    h = jax.nn.silu(gate) * up  # [n_experts, capacity, d_expert]
+    h = swiglu_activation(gate, up, swiglu_limit)  # [n_experts, capacity, d_expert]
     if row_weights is not None:
         h = h * row_weights[..., None].astype(h.dtype)
     return jnp.einsum("ech,ehd->ecd", h, w_down)  # [n_experts, capacity, d_model]

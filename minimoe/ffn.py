@@ -25,25 +25,43 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
-def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
-    """SwiGLU on the last axis of ``x``.
+def swiglu_activation(gate: jax.Array, up: jax.Array, limit: float | None = None) -> jax.Array:
+    """``silu(gate) * up``, optionally with DeepSeek-V4's clamp.
+
+    With ``limit`` (V4's ``swiglu_limit``, 10 there; ``None`` or 0 = off), as V4's
+    ``inference/model.py`` does: the gate pre-activation is clamped from above only,
+    ``min(gate, limit)`` (silu is already bounded below by about -0.28), and the up projection
+    on both sides, ``clip(up, -limit, limit)``. The product is then bounded, which keeps
+    rare huge activations out of the low-precision (FP8/FP4) expert matmuls.
+    """
+    if limit:
+        gate = jnp.minimum(gate, limit)
+        up = jnp.clip(up, -limit, limit)
+    return jax.nn.silu(gate) * up
+
+
+def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
+           limit: float | None = None) -> jax.Array:
+    """SwiGLU on the last axis of ``x`` (``limit``: the optional clamp of ``swiglu_activation``).
 
     x: [..., d_model]; w_gate, w_up: [d_model, d_ff]; w_down: [d_ff, d_model]. The leading axes
     are flattened into one token axis, as in ``linear``.
     """
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])  # [tokens, d_model]
-    h = jax.nn.silu(x @ w_gate) * (x @ w_up)  # [tokens, d_ff]
+    h = swiglu_activation(x @ w_gate, x @ w_up, limit)  # [tokens, d_ff]
     return (h @ w_down).reshape(*lead, w_down.shape[-1])  # [..., d_model]
 
 
 class SwiGLU(nnx.Module):
-    """Dense SwiGLU feed-forward. Attributes: ``w_gate``, ``w_up`` [d_model, d_ff], ``w_down``."""
+    """Dense SwiGLU feed-forward. Attributes: ``w_gate``, ``w_up`` [d_model, d_ff], ``w_down``;
+    ``limit``, the optional clamp (``swiglu_activation``; None = off)."""
 
-    def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs, limit: float | None = None):
         self.w_gate = nnx.Param(init_weight(rngs.params(), (d_model, d_ff), d_model))
         self.w_up = nnx.Param(init_weight(rngs.params(), (d_model, d_ff), d_model))
         self.w_down = nnx.Param(init_weight(rngs.params(), (d_ff, d_model), d_ff))
+        self.limit = limit or None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return swiglu(x, self.w_gate[...], self.w_up[...], self.w_down[...])
+        return swiglu(x, self.w_gate[...], self.w_up[...], self.w_down[...], self.limit)

@@ -4,6 +4,13 @@ Reading order: ``Block`` (pre-norm attention and FFN with residuals) → ``Trans
 (embedding, blocks, final norm, output projection) → ``generate`` (sampling with a KV cache).
 A layer's FFN is a dense SwiGLU, or a Mixture-of-Experts layer when ``cfg.moe`` is set and the
 layer index is at least ``cfg.first_k_dense`` (DeepSeek keeps its first layers dense).
+
+DeepSeek-V4's block, each off by default: ``cfg.hc_mult > 1`` replaces the residual by
+manifold-constrained hyper-connections (``hyper_connections.py``: the embedding is copied
+into ``hc_mult`` streams, every sub-layer is wrapped, the head combines the streams);
+``cfg.num_hash_layers`` makes the first MoE layers route by token id (the blocks get the
+token ids); ``cfg.num_nextn_predict_layers = 1`` adds the multi-token-prediction module
+``Transformer.mtp`` (``mtp.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from flax import nnx
 from .attention import Attention
 from .config import ModelConfig
 from .ffn import SwiGLU, linear
+from .hyper_connections import HyperConnection, HyperHead, expand_streams
 from .norm import RMSNorm
 
 
@@ -41,7 +49,12 @@ def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0) -> nnx.M
 class Block(nnx.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``.
 
-    Attributes: ``attn_norm``, ``attn``, ``ffn_norm``, ``ffn`` (SwiGLU or MoELayer), ``is_moe``.
+    Attributes: ``attn_norm``, ``attn``, ``ffn_norm``, ``ffn`` (SwiGLU or MoELayer), ``is_moe``,
+    ``is_hash`` (a hash-routed MoE layer), ``hc_attn`` and ``hc_ffn`` (``HyperConnection``s
+    around the two sub-layers when ``cfg.hc_mult > 1``, else ``None``).
+
+    With mHC, ``x`` is [batch, seq, hc_mult, d_model] and each residual ``x + f(norm(x))``
+    becomes ``hc.post(f(norm(y)), x)`` with ``y = hc.pre(x)`` (DeepSeek-V4's ``Block``).
     """
 
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
@@ -49,19 +62,41 @@ class Block(nnx.Module):
         self.attn = make_attention(cfg, rngs=rngs, layer=layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
+        self.is_hash = cfg.is_hash_layer(layer)
         if self.is_moe:
             from .moe import MoELayer
-            self.ffn = MoELayer(cfg.d_model, cfg.moe, rngs=rngs)
+            self.ffn = MoELayer(cfg.d_model, cfg.moe, rngs=rngs,
+                                hash_vocab_size=cfg.vocab_size if self.is_hash else None)
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, rngs=rngs)
+        if cfg.hc_mult > 1:
+            hc = (cfg.d_model, cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps)
+            self.hc_attn = HyperConnection(*hc, rngs=rngs)
+            self.hc_ffn = HyperConnection(*hc, rngs=rngs)
+        else:
+            self.hc_attn = self.hc_ffn = None
 
-    def __call__(self, x, cache=None, *, train: bool = False, key: jax.Array | None = None):
+    def _ffn(self, y, train: bool, key, token_ids):
+        if not self.is_moe:
+            return self.ffn(y), None
+        if self.is_hash:
+            return self.ffn(y, train=train, rngs=key, token_ids=token_ids)
+        return self.ffn(y, train=train, rngs=key)
+
+    def __call__(self, x, cache=None, *, train: bool = False, key: jax.Array | None = None,
+                 token_ids: jax.Array | None = None):
+        """x: [batch, seq, d_model] ([batch, seq, hc_mult, d_model] with mHC). ``token_ids``
+        [batch, seq]: the input tokens, used by a hash-routed MoE layer only."""
+        if self.hc_attn is not None:
+            y, coef = self.hc_attn.pre(x)  # [batch, seq, d_model]
+            h, cache = self.attn(self.attn_norm(y), cache=cache)
+            x = self.hc_attn.post(h, x, coef)
+            y, coef = self.hc_ffn.pre(x)
+            f, stats = self._ffn(self.ffn_norm(y), train, key, token_ids)
+            return self.hc_ffn.post(f, x, coef), cache, stats
         h, cache = self.attn(self.attn_norm(x), cache=cache)
         x = x + h
-        if self.is_moe:
-            f, stats = self.ffn(self.ffn_norm(x), train=train, rngs=key)
-        else:
-            f, stats = self.ffn(self.ffn_norm(x)), None
+        f, stats = self._ffn(self.ffn_norm(x), train, key, token_ids)
         return x + f, cache, stats
 
 
@@ -70,18 +105,23 @@ class LMOutput(NamedTuple):
 
     logits: [batch, seq, vocab] float32; cache: per-layer caches (None without a cache);
     moe_stats: one ``MoEStats`` per MoE layer, in layer order; aux_loss: the weighted sum of
-    the MoE layers' balancing losses, to add to the language-model loss.
+    the MoE layers' balancing losses, to add to the language-model loss; hidden: the last
+    block's output before the head, [batch, seq, d_model] ([batch, seq, hc_mult, d_model]
+    with mHC) -- what the multi-token-prediction module reads.
     """
 
     logits: jax.Array
     cache: Any
     moe_stats: tuple
     aux_loss: jax.Array
+    hidden: Any = None
 
 
 class Transformer(nnx.Module):
     """Decoder-only LM. Attributes: ``embed`` [vocab, d_model], ``blocks``, ``final_norm``,
-    ``lm_head`` [d_model, vocab] (absent when ``cfg.tie_embeddings``: logits use ``embed.T``)."""
+    ``lm_head`` [d_model, vocab] (absent when ``cfg.tie_embeddings``: logits use ``embed.T``);
+    with DeepSeek-V4's options, ``hc_head`` (``HyperHead``, when ``cfg.hc_mult > 1``) and
+    ``mtp`` (``mtp.MTP``, when ``cfg.num_nextn_predict_layers = 1``), else ``None``."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -91,6 +131,13 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Param(
                 jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5)
+        self.hc_head = (HyperHead(cfg.d_model, cfg.hc_mult, cfg.hc_eps, cfg.norm_eps, rngs=rngs)
+                        if cfg.hc_mult > 1 else None)
+        if cfg.num_nextn_predict_layers:
+            from .mtp import MTP
+            self.mtp = MTP(cfg, rngs=rngs)
+        else:
+            self.mtp = None
 
     def __call__(self, tokens: jax.Array, cache=None, *, train: bool = False,
                  key: jax.Array | None = None) -> LMOutput:
@@ -103,18 +150,30 @@ class Transformer(nnx.Module):
         if cache is not None:
             check_decodable(self.cfg)
         x = jnp.take(self.embed[...], tokens, axis=0)  # [batch, seq, d_model]
+        if self.hc_head is not None:
+            x = expand_streams(x, self.cfg.hc_mult)  # [batch, seq, hc_mult, d_model]
         new_cache, stats = [], []
         for i, block in enumerate(self.blocks):
             layer_key = None if key is None else jax.random.fold_in(key, i)
-            x, c, s = block(x, None if cache is None else cache[i], train=train, key=layer_key)
+            x, c, s = block(x, None if cache is None else cache[i], train=train, key=layer_key,
+                            token_ids=tokens)
             new_cache.append(c)
             if s is not None:
                 stats.append(s)
-        x = self.final_norm(x)
-        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        logits = linear(x, w_out).astype(jnp.float32)  # [batch, seq, vocab]
+        logits = self.head(x, self.hc_head, self.final_norm)  # [batch, seq, vocab]
         aux = sum((s.loss for s in stats), jnp.zeros((), jnp.float32))
-        return LMOutput(logits, None if cache is None else tuple(new_cache), tuple(stats), aux)
+        return LMOutput(logits, None if cache is None else tuple(new_cache), tuple(stats), aux,
+                        x)
+
+    def head(self, x: jax.Array, hc_head: HyperHead | None, norm: RMSNorm) -> jax.Array:
+        """Logits [..., vocab] float32 of a last hidden state: combine the streams (mHC's
+        ``hc_head``, if any), normalise, project with ``lm_head`` (or ``embed.T`` when tied).
+        The MTP module calls it with its own ``hc_head`` and norm: the projection is shared."""
+        if hc_head is not None:
+            x = hc_head(x)  # [..., d_model]
+        x = norm(x)
+        w_out = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+        return linear(x, w_out).astype(jnp.float32)
 
     def init_cache(self, batch_size: int, max_len: int | None = None):
         """One empty cache per layer, able to hold ``max_len`` tokens (default max_seq_len)."""

@@ -80,8 +80,8 @@ def token_choice_stats(routing: RouterOutput, kept: jax.Array, tokens_per_expert
 
 
 def expert_choice_ffn(x: jax.Array, token_index: jax.Array, weights: jax.Array,
-                      w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
+                      w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
+                      swiglu_limit: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Run experts on the tokens they chose (Zhou et al. 2022, §3.1).
 
     ``x_buf[e, c] = x[token_index[e, c]]`` (a gather: the buffers are already the right
@@ -93,7 +93,7 @@ def expert_choice_ffn(x: jax.Array, token_index: jax.Array, weights: jax.Array,
     """
     tokens, d_model = x.shape
     x_buf = x[token_index]  # [E, C, d]
-    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down)  # [E, C, d]
+    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down, swiglu_limit=swiglu_limit)  # [E, C, d]
     contrib = y_buf * weights[..., None]  # [E, C, d]
     output = jnp.zeros((tokens, d_model), contrib.dtype).at[token_index.reshape(-1)].add(
         contrib.reshape(-1, d_model))  # [T, d]
@@ -165,18 +165,25 @@ class MoELayer(nnx.Module):
     The router already multiplies the weights by ``routed_scaling_factor``. A token dropped
     by every expert gets only the shared-expert output (0 without shared experts), so the
     residual connection passes it through unchanged.
+
+    DeepSeek-V4 options: ``hash_vocab_size`` makes the router a hash router (experts from
+    the token-id table; call the layer with ``token_ids``); ``cfg.swiglu_limit`` clamps the
+    SwiGLU of the routed and the shared experts.
     """
 
-    def __init__(self, d_model: int, cfg: MoEConfig, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, cfg: MoEConfig, *, rngs: nnx.Rngs,
+                 hash_vocab_size: int | None = None):
         self.cfg = cfg
         self.d_model = d_model
-        self.router = Router(d_model, cfg, rngs=rngs)
+        self.router = Router(d_model, cfg, rngs=rngs, hash_vocab_size=hash_vocab_size)
         self.experts = Experts(d_model, cfg.n_experts, cfg.d_expert, rngs=rngs)
-        self.shared_experts = (SwiGLU(d_model, cfg.shared_hidden, rngs=rngs)
+        self.shared_experts = (SwiGLU(d_model, cfg.shared_hidden, rngs=rngs,
+                                      limit=cfg.swiglu_limit)
                                if cfg.n_shared_experts > 0 else None)
 
     def __call__(self, x: jax.Array, *, train: bool = False,
-                 rngs: nnx.Rngs | jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+                 rngs: nnx.Rngs | jax.Array | None = None,
+                 token_ids: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
         """x: [batch, seq, d_model] -> (y [batch, seq, d_model], MoEStats).
 
         ``train=True`` applies ``capacity_factor`` (token-choice routers drop over-capacity
@@ -185,23 +192,27 @@ class MoELayer(nnx.Module):
         forward pass. Expert choice always picks ``capacity`` tokens per expert (it is not
         causal; ``Transformer`` refuses it in cached calls). ``rngs`` (an ``nnx.Rngs``, whose
         ``noise`` stream is used, or a plain PRNG key) feeds the ``noisy_topk`` router's noise
-        in training.
+        in training. ``token_ids`` [batch, seq] int: the tokens' ids, needed by a hash-routed
+        layer.
         """
         cfg = self.cfg
         check_moe_input(x, self.d_model)
         batch, seq, d_model = x.shape
         tokens = x.reshape(batch * seq, d_model)  # [T, d]
-        routing = self.router(tokens, train=train, rngs=rngs)
+        ids = None if token_ids is None else token_ids.reshape(batch * seq)  # [T]
+        routing = self.router(tokens, train=train, rngs=rngs, token_ids=ids)
         w_gate, w_up, w_down = self.experts.weights()
         if isinstance(routing, ExpertChoiceOutput):
             routed, times_picked = expert_choice_ffn(tokens, routing.token_index,
-                                                     routing.weights, w_gate, w_up, w_down)
+                                                     routing.weights, w_gate, w_up, w_down,
+                                                     cfg.swiglu_limit or None)
             stats = expert_choice_stats(routing, times_picked, cfg)
         else:
             capacity = compute_capacity(batch * seq, cfg.top_k, cfg.n_experts,
                                         cfg.capacity_factor) if train else None
             result = dispatch(cfg.dispatch, tokens, routing.expert_index,
-                              routing.expert_weights, w_gate, w_up, w_down, capacity=capacity)
+                              routing.expert_weights, w_gate, w_up, w_down, capacity=capacity,
+                              swiglu_limit=cfg.swiglu_limit or None)
             routed = result.output
             stats = token_choice_stats(routing, result.kept, result.tokens_per_expert, cfg,
                                        batch, seq)

@@ -305,6 +305,11 @@ class ExpertParallelMoELayer(MoELayer):
         if layer.cfg.router == "expert_choice":
             raise ValueError("expert parallelism here needs a token-choice router; got router="
                              "'expert_choice' (allowed: any other router)")
+        if layer.router.hash or layer.cfg.swiglu_limit:
+            raise ValueError("expert parallelism here supports neither hash routing nor the "
+                             "SwiGLU clamp (swiglu_limit must be 0, the layer must route by "
+                             "score); got a layer with "
+                             f"hash={layer.router.hash}, swiglu_limit={layer.cfg.swiglu_limit}")
         check_experts_divisible(layer.cfg.n_experts, mesh)
         self.cfg = layer.cfg
         self.d_model = layer.d_model

@@ -212,6 +212,54 @@ def deepseek_route(logits: jax.Array, bias: jax.Array | None, top_k: int,
 
 
 # ----------------------------------------------------------------------------------------
+# Hash routing (DeepSeek-V4)
+# ----------------------------------------------------------------------------------------
+
+def hash_table(key: jax.Array, vocab_size: int, n_experts: int, top_k: int) -> jax.Array:
+    """A fixed, balanced token-id -> experts table (DeepSeek-V4's ``tid2eid``).
+
+    V4's first ``num_hash_layers`` MoE layers do not choose experts from the hidden state:
+    token id ``v`` always goes to the experts ``tid2eid[v]``. V4 ships its table in the
+    checkpoint; here it is built from ``key``: the token ids are shuffled, the token at
+    shuffled position ``p`` gets the ``top_k`` consecutive slots ``p*top_k, ..., p*top_k +
+    top_k - 1`` of a cyclic sequence over the (shuffled) experts. So a row never repeats an
+    expert (``top_k <= n_experts``) and over the vocabulary every expert gets
+    ``floor(vocab_size * top_k / n_experts)`` or one more entries.
+
+    -> [vocab_size, top_k] int32.
+    """
+    if top_k > n_experts:
+        raise ValueError(f"top_k must be <= n_experts ({n_experts}), got {top_k}")
+    k_tok, k_exp = jax.random.split(key)
+    token_order = jax.random.permutation(k_tok, vocab_size)  # position p -> token id
+    expert_names = jax.random.permutation(k_exp, n_experts)  # cyclic slot -> expert id
+    slots = jnp.arange(vocab_size)[:, None] * top_k + jnp.arange(top_k)  # [vocab, top_k]
+    table = jnp.zeros((vocab_size, top_k), jnp.int32).at[token_order].set(
+        expert_names[slots % n_experts].astype(jnp.int32))
+    return table
+
+
+def hash_route(logits: jax.Array, expert_index: jax.Array, score: str = "sqrt_softplus",
+               routed_scaling_factor: float = 1.0, renormalize: bool = True) -> RouterOutput:
+    """DeepSeek-V4's hash-routed gate: fixed experts, learned weights.
+
+    The experts come from the token-id table (``expert_index = tid2eid[token_ids]``); the
+    gate weights are the router's scores of those experts, ``s = score(x W_r)`` gathered at
+    ``expert_index``, normalised to sum to 1 (``renormalize``) and multiplied by
+    ``routed_scaling_factor`` -- the same steps as ``deepseek_route`` after its top-k. The
+    router weights still learn (through the weights); the hash layers have no selection bias.
+
+    logits: [tokens, n_experts]; expert_index: [tokens, top_k] int.
+    """
+    scores = score_fn(score)(logits)  # [tokens, n_experts]
+    weights = jnp.take_along_axis(scores, expert_index, axis=-1)  # [tokens, top_k]
+    if renormalize:
+        weights = _renormalize(weights)
+    weights = weights * routed_scaling_factor
+    return RouterOutput(expert_index.astype(jnp.int32), weights, scores, logits)
+
+
+# ----------------------------------------------------------------------------------------
 # Expert-choice router
 # ----------------------------------------------------------------------------------------
 
@@ -331,6 +379,10 @@ class RouterBias(nnx.Variable):
     """
 
 
+class HashTable(nnx.Variable):
+    """DeepSeek-V4's fixed token-id -> experts table ``tid2eid``: state, never trained."""
+
+
 DEEPSEEK_SCORES = {"deepseek_v3": "sigmoid", "deepseek_v4": "sqrt_softplus"}
 
 
@@ -346,13 +398,24 @@ class Router(nnx.Module):
     ``routed_scaling_factor`` is applied here, to the weights of every router (it defaults
     to 1), so the dispatch code just uses ``expert_weights`` as they are.
     Group-limited routing (``n_group > 1``) is part of the DeepSeek routers only.
+
+    Hash routing (DeepSeek-V4's first MoE layers): built with ``hash_vocab_size``, the router
+    holds ``tid2eid``, a ``HashTable`` [vocab, top_k] from ``hash_table`` (seeded by the
+    ``params`` stream), has no bias, and needs the ``token_ids`` when called (``hash_route``).
     """
 
-    def __init__(self, d_model: int, cfg: MoEConfig, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, cfg: MoEConfig, *, rngs: nnx.Rngs,
+                 hash_vocab_size: int | None = None):
         self.cfg = cfg  # validated: group-limited routing only with the DeepSeek routers
         self.w_router = nnx.Param(init_weight(rngs.params(), (d_model, cfg.n_experts), d_model))
+        self.hash = hash_vocab_size is not None
+        if self.hash and cfg.router not in DEEPSEEK_SCORES:
+            raise ValueError(f"hash routing needs router 'deepseek_v3' or 'deepseek_v4', "
+                             f"got {cfg.router!r}")
+        self.tid2eid = (HashTable(hash_table(rngs.params(), hash_vocab_size, cfg.n_experts,
+                                             cfg.top_k)) if self.hash else None)
         self.bias = (RouterBias(jnp.zeros((cfg.n_experts,), jnp.float32))
-                     if cfg.router in DEEPSEEK_SCORES else None)
+                     if cfg.router in DEEPSEEK_SCORES and not self.hash else None)
 
     def expert_choice_capacity(self, tokens: int) -> int:
         """Tokens each expert picks under expert choice: ``capacity_factor`` (required by
@@ -362,15 +425,25 @@ class Router(nnx.Module):
         return max(1, min(tokens, compute_capacity(tokens, self.cfg.top_k, self.cfg.n_experts, cf)))
 
     def __call__(self, x: jax.Array, *, train: bool = False,
-                 rngs: nnx.Rngs | jax.Array | None = None) -> RouterOutput | ExpertChoiceOutput:
+                 rngs: nnx.Rngs | jax.Array | None = None,
+                 token_ids: jax.Array | None = None) -> RouterOutput | ExpertChoiceOutput:
         """Route ``x: [tokens, d_model]``.
 
         Returns a ``RouterOutput``, or an ``ExpertChoiceOutput`` for ``router='expert_choice'``.
         ``rngs`` (an ``nnx.Rngs``, whose ``noise`` stream is used, or a key) is only needed
         by ``noisy_topk`` with ``train=True``; without it no noise is added.
+        ``token_ids`` [tokens] int: needed by a hash router; the other routers do not use them
+        (their experts depend on ``x`` only).
         """
         cfg = self.cfg
         logits = router_logits(x, self.w_router[...])  # [tokens, n_experts]
+        if self.hash:
+            if token_ids is None:
+                raise ValueError("a hash-routed layer needs the token ids: call it with "
+                                 "token_ids=[tokens] int")
+            expert_index = self.tid2eid[...][token_ids.reshape(-1)]  # [tokens, top_k]
+            return hash_route(logits, expert_index, DEEPSEEK_SCORES[cfg.router],
+                              cfg.routed_scaling_factor, cfg.renormalize)
         if cfg.router == "expert_choice":
             out = expert_choice(logits, self.expert_choice_capacity(x.shape[0]))
             return out._replace(weights=out.weights * cfg.routed_scaling_factor)

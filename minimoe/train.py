@@ -31,6 +31,7 @@ from .config import ModelConfig
 from .data import Batch, TokenData, eval_batches, get_batch
 
 CHECKPOINT_FORMAT = 1
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ class TrainConfig:
     cosine decay to ``lr * min_lr_ratio`` (``make_schedule``); weight_decay (AdamW, decoupled,
     on weight matrices only: ``decay_mask``); clip_norm (global gradient norm); seed (batches
     and noise); eval_every, eval_batches (validation cadence).
+
+    DeepSeek-V3/V4 options (the defaults leave training as it was):
+        optimizer: ``"adamw"``, or ``"muon"`` -- optax's Muon for the weight matrices of the
+            blocks, AdamW for the embedding, output head, norms, router and mHC maps
+            (``muon_labels``).
+        muon_lr: Muon's peak learning rate (same warm-up and decay shape as ``lr``, which
+            stays the AdamW part's rate).
+        mtp_loss_weight: weight of the multi-token-prediction loss (DeepSeek-V3: 0.3, later
+            0.1); > 0 needs a model with an MTP module.
     """
 
     steps: int = 300
@@ -54,6 +64,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 100
     eval_batches: int = 4
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    mtp_loss_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
@@ -69,6 +82,12 @@ class TrainConfig:
         if self.weight_decay < 0 or self.clip_norm <= 0:
             raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
                              f"{self.weight_decay!r} and {self.clip_norm!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (isinstance(self.muon_lr, (int, float)) and self.muon_lr > 0):
+            raise ValueError(f"muon_lr must be > 0, got {self.muon_lr!r}")
+        if not (isinstance(self.mtp_loss_weight, (int, float)) and self.mtp_loss_weight >= 0):
+            raise ValueError(f"mtp_loss_weight must be a number >= 0, got {self.mtp_loss_weight!r}")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -114,9 +133,78 @@ def _transform(tcfg: TrainConfig) -> optax.GradientTransformation:
     part of the optimizer's static structure, compared by identity): reusing one object lets a
     second run with the same settings -- another seed, say -- skip the compilation.
     """
+    if tcfg.optimizer == "muon":
+        return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm), _muon_transform(tcfg))
     return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm),
                        optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay,
                                    mask=decay_mask))
+
+
+# ---------------------------------------------------------------------------------- Muon
+ADAMW_PARAM_NAMES = frozenset({"embed", "lm_head", "w_router", "hc_attn", "hc_ffn", "hc_head"})
+
+
+def _path_names(path) -> list[str]:
+    return [_key_str(k) for k in path]
+
+
+def muon_labels(params):
+    """Which optimizer updates each parameter under ``optimizer='muon'``: ``"muon"`` or
+    ``"adamw"`` (a tree like ``params``).
+
+    Muon (Jordan et al. 2024; Liu et al. 2025, "Muon is Scalable for LLM Training") replaces
+    the update of a weight *matrix* by the nearest semi-orthogonal matrix (Newton-Schulz
+    iterations), which only means something for the matrices inside the blocks: attention
+    projections, dense and expert FFNs (stacked experts are a batch of matrices), the MTP
+    projections. Everything else keeps AdamW, as in the Muon papers and DeepSeek-V4's model
+    card: vectors (norm gains), the embedding and the output head, the router (its rows are
+    per-expert scores, not a linear map to orthogonalise) and mHC's small coefficient maps.
+    """
+    def label(path, p):
+        if jnp.ndim(p) < 2 or jnp.ndim(p) > 3 or ADAMW_PARAM_NAMES & set(_path_names(path)):
+            return "adamw"
+        return "muon"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _muon_dimension_numbers(params):
+    """The matrix axes of each Muon parameter: the last two ([d_in, d_out]); a leading axis
+    (the stacked experts) is a batch of independent matrices."""
+    from optax.contrib import MuonDimensionNumbers
+    return jax.tree_util.tree_map(
+        lambda p: MuonDimensionNumbers(jnp.ndim(p) - 2, jnp.ndim(p) - 1), params)
+
+
+def _muon_transform(tcfg: TrainConfig) -> optax.GradientTransformation:
+    """optax's own Muon (``optax.contrib.muon``) on the ``"muon"`` parameters, AdamW (with
+    ``decay_mask``) on the rest; both with the warm-up + cosine shape, peaks ``muon_lr`` and
+    ``lr``; decoupled weight decay ``weight_decay`` on both.
+
+    The partition runs on the flat list of parameter arrays, labelled from the named tree:
+    flax 0.11 (Colab's) cannot hold optax's masked placeholders inside a tree of NNX
+    variables, a plain list works with both flax versions.
+    """
+    from optax.contrib import muon
+    transforms = {
+        "muon": muon(make_schedule(tcfg.replace(lr=tcfg.muon_lr)),
+                     weight_decay=tcfg.weight_decay,
+                     muon_weight_dimension_numbers=_muon_dimension_numbers),
+        "adamw": optax.adamw(make_schedule(tcfg), weight_decay=tcfg.weight_decay,
+                             mask=decay_mask)}
+
+    def partitioned(tree) -> optax.GradientTransformation:
+        return optax.partition(transforms, jax.tree_util.tree_leaves(muon_labels(tree)))
+
+    def init(params):
+        return partitioned(params).init(jax.tree_util.tree_leaves(params))
+
+    def update(updates, state, params=None):
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        flat_params = None if params is None else jax.tree_util.tree_leaves(params)
+        new, state = partitioned(updates).update(leaves, state, flat_params)
+        return jax.tree_util.tree_unflatten(treedef, new), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -148,6 +236,37 @@ def train_step(model, optimizer, inputs, targets, key):
     for layer, stats in zip(model.moe_layers(), out.moe_stats):
         layer.update_bias(stats.load)
     return {"loss": loss, "ce": ce, "grad_norm": optax.tree.norm(grads), **_moe_metrics(out)}
+
+
+def mtp_loss_fn(model, inputs, targets, key=None, train: bool = True, mtp_weight: float = 0.3):
+    """``loss_fn`` plus ``mtp_weight`` times the MTP module's cross-entropy on the token after
+    next (DeepSeek-V3 §2.2, eq. 25), and the balancing loss of its MoE block."""
+    from .mtp import mtp_inputs
+
+    out = model(inputs, train=train, key=key)
+    ce = token_cross_entropy(out.logits, targets).mean()
+    hidden, next_tokens, mtp_targets = mtp_inputs(out.hidden, inputs, targets)
+    mtp_key = None if key is None else jax.random.fold_in(key, model.cfg.n_layers)
+    mtp_logits, _, mtp_stats = model.mtp(model, hidden, next_tokens, train=train, key=mtp_key)
+    mtp_ce = token_cross_entropy(mtp_logits, mtp_targets).mean()
+    mtp_aux = 0.0 if mtp_stats is None else mtp_stats.loss
+    return ce + out.aux_loss + mtp_weight * (mtp_ce + mtp_aux), (ce, mtp_ce, out, mtp_stats)
+
+
+@functools.partial(nnx.jit, static_argnames=("mtp_weight",))
+def mtp_train_step(model, optimizer, inputs, targets, key, mtp_weight: float):
+    """``train_step`` with the MTP loss added (``mtp_loss_fn``); the MTP block's router bias
+    is balanced like the others."""
+    grad_fn = nnx.value_and_grad(mtp_loss_fn, has_aux=True)
+    (loss, (ce, mtp_ce, out, mtp_stats)), grads = grad_fn(model, inputs, targets, key, True,
+                                                          mtp_weight)
+    optimizer.update(model, grads)
+    for layer, stats in zip(model.moe_layers(), out.moe_stats):
+        layer.update_bias(stats.load)
+    if mtp_stats is not None:
+        model.mtp.block.ffn.update_bias(mtp_stats.load)
+    return {"loss": loss, "ce": ce, "mtp_ce": mtp_ce, "grad_norm": optax.global_norm(grads),
+            **_moe_metrics(out)}
 
 
 @nnx.jit
@@ -248,6 +367,9 @@ class Trainer:
     def __init__(self, model: nnx.Module, tcfg: TrainConfig, train_data: TokenData,
                  val_data: TokenData | None = None):
         self.model, self.tcfg = model, tcfg
+        if tcfg.mtp_loss_weight > 0 and getattr(model, "mtp", None) is None:
+            raise ValueError(f"mtp_loss_weight={tcfg.mtp_loss_weight} needs a model with an MTP "
+                             f"module (ModelConfig(num_nextn_predict_layers=1))")
         self.train_data, self.val_data = train_data, val_data
         self.optimizer = make_optimizer(model, tcfg)
         self.step = 0
@@ -273,11 +395,17 @@ class Trainer:
         bar = progress_bar(until, self.step, enabled=progress)
         while self.step < until:
             b = get_batch(self.train_data, t.batch_size, t.seq_len, t.seed, self.step)
-            m = train_step(self.model, self.optimizer, jnp.asarray(b.inputs),
-                           jnp.asarray(b.targets), jax.random.fold_in(self._key, self.step))
+            step_args = (self.model, self.optimizer, jnp.asarray(b.inputs),
+                         jnp.asarray(b.targets), jax.random.fold_in(self._key, self.step))
+            if t.mtp_loss_weight > 0:
+                m = mtp_train_step(*step_args, mtp_weight=t.mtp_loss_weight)
+            else:
+                m = train_step(*step_args)
             self.step += 1
             row = {"step": self.step, "loss": float(m["loss"]), "ce": float(m["ce"]),
                    "grad_norm": float(m["grad_norm"])}
+            if "mtp_ce" in m:
+                row["mtp_ce"] = float(m["mtp_ce"])
             if "load" in m:
                 row.update(load=np.asarray(m["load"]), dropped=np.asarray(m["dropped"]),
                            aux_loss=float(m["aux_loss"]))
