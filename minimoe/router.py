@@ -443,7 +443,7 @@ class Router(nnx.Module):
                                  "token_ids=[tokens] int")
             expert_index = self.tid2eid[...][token_ids.reshape(-1)]  # [tokens, top_k]
             return hash_route(logits, expert_index, DEEPSEEK_SCORES[cfg.router],
-                              cfg.routed_scaling_factor, cfg.renormalize)
+                              cfg.routed_scaling_factor, cfg.renormalize_weights)
         if cfg.router == "expert_choice":
             out = expert_choice(logits, self.expert_choice_capacity(x.shape[0]))
             return out._replace(weights=out.weights * cfg.routed_scaling_factor)
