@@ -217,6 +217,36 @@ class FactMemory(nnx.Module):
         return [b.ffn for b in self.blocks if b.is_moe]
 
 
+# The three models of the measurement: 16 experts of 16 hidden units, top-2, on a
+# 16-wide residual stream; a dense FFN as wide as the two experts a token uses (the same
+# FLOPs per token), and one as wide as all sixteen (the same parameters).
+CAPACITY_MOE = MoEConfig(n_experts=16, top_k=2, d_expert=16, router="softmax", dispatch="dropless")
+CAPACITY_MODELS = ("dense (active width)", "MoE", "dense (total width)")
+
+
+def capacity_models(n_keys: int, n_values: int = 64, d_model: int = 16,
+                    moe: MoEConfig = CAPACITY_MOE) -> dict[str, MemoryConfig]:
+    """The dense twin at the MoE's active width, the MoE, and the dense twin at its total
+    width (``CAPACITY_MODELS`` order), for a table of ``n_keys`` entities."""
+    return {"dense (active width)": MemoryConfig(n_keys, n_values, d_model, d_ff=moe.active_hidden),
+            "MoE": MemoryConfig(n_keys, n_values, d_model, d_ff=None, moe=moe),
+            "dense (total width)": MemoryConfig(
+                n_keys, n_values, d_model, d_ff=moe.n_experts * moe.d_expert + moe.shared_hidden)}
+
+
+def load_sweep(path=None) -> dict:
+    """The stored long run of ``tools/capacity_sweep.py`` (JSON, shipped with the package as
+    ``minimoe/results/capacity_sweep.json``; ``path`` reads another file instead)."""
+    import json
+    from importlib import resources
+
+    if path is None:
+        return json.loads(resources.files("minimoe").joinpath("results", "capacity_sweep.json")
+                          .read_text())
+    with open(path) as f:
+        return json.load(f)
+
+
 # --------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class MemoryTrainConfig:

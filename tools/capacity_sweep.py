@@ -1,4 +1,4 @@
-"""The long version of notebook 04's capacity measurement; writes assets/capacity_sweep.json.
+"""The long version of notebook 04's capacity measurement; writes minimoe/results/capacity_sweep.json.
 
     PYTHONPATH=. python tools/capacity_sweep.py            # about 15 minutes on a 2-core CPU
 
@@ -24,20 +24,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from minimoe.capacity import (MemoryConfig, MemoryTrainConfig, memory_param_counts,
-                              most_frequent_accuracy, prior_bits, train_seeds)
-from minimoe.config import MoEConfig
+from minimoe.capacity import (CAPACITY_MOE, MemoryConfig, MemoryTrainConfig, capacity_models,
+                              memory_param_counts, most_frequent_accuracy, prior_bits, train_seeds)
 from minimoe.data import capacity_facts
 
 N_VALUES = 64  # each fact is log2(64) = 6 bits
 D_MODEL = 16
-MOE = MoEConfig(n_experts=16, top_k=2, d_expert=16, router="softmax", dispatch="dropless")
-MODELS = {  # name -> config for a table of n facts
-    "dense (active width)": lambda n: MemoryConfig(n, N_VALUES, D_MODEL, d_ff=MOE.active_hidden),
-    "MoE": lambda n: MemoryConfig(n, N_VALUES, D_MODEL, d_ff=None, moe=MOE),
-    "dense (total width)": lambda n: MemoryConfig(
-        n, N_VALUES, D_MODEL, d_ff=MOE.n_experts * MOE.d_expert),
-}
+MOE = CAPACITY_MOE  # 16 experts x 16 hidden units, top-2, softmax router
+MODELS = {name: (lambda n, name=name: capacity_models(n, N_VALUES, D_MODEL, MOE)[name])
+          for name in capacity_models(1)}
 ABLATIONS = {  # all 32 active and 256 total hidden units
     "coarse: 8 x 32, top-1": MOE.replace(n_experts=8, top_k=1, d_expert=32),
     "fine: 16 x 16, top-2": MOE,
@@ -60,7 +55,7 @@ def run(cfg: MemoryConfig, n: int, seeds, tcfg: MemoryTrainConfig) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "capacity_sweep.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "minimoe" / "results" / "capacity_sweep.json"))
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--steps", type=int, default=TRAIN.steps)
