@@ -90,8 +90,8 @@ class MemoryConfig:
         n_values: number of attribute values (output ids), V.
         d_model: width of the residual stream.
         n_layers: feed-forward blocks (each ``x + FFN(RMSNorm(x))``).
-        d_ff: hidden units of a dense SwiGLU block (ignored only if ``moe`` is set: it must
-            then be ``None``).
+        d_ff: hidden units of a dense SwiGLU block; must be ``None`` when ``moe`` is set
+            (nothing is silently ignored).
         moe: settings of the MoE blocks; ``None`` makes the blocks dense.
         norm_eps: RMSNorm epsilon.
     """
