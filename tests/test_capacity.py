@@ -10,7 +10,7 @@ from flax import nnx
 
 from minimoe.accounting import count_params
 from minimoe.capacity import (FactMemory, MemoryConfig, MemoryTrainConfig, bits_stored,
-                              memory_param_counts, most_frequent_accuracy, paired_difference,
+                              capacity_models, load_sweep, memory_param_counts, most_frequent_accuracy, paired_difference,
                               prior_bits, train_seeds)
 from minimoe.config import MoEConfig
 from minimoe.data import capacity_facts
@@ -142,3 +142,22 @@ def test_paired_difference_against_a_t_table():
     assert r["low"] == pytest.approx(3 - half, abs=1e-3) and r["high"] == pytest.approx(3 + half, abs=1e-3)
     with pytest.raises(ValueError, match="at least 2"):
         paired_difference([1.0], [0.0])
+
+
+def test_the_three_models_match_the_moe_in_active_and_in_total_width():
+    c = {name: memory_param_counts(cfg) for name, cfg in capacity_models(100).items()}
+    assert c["dense (active width)"]["ffn_total"] == c["MoE"]["ffn_active"]
+    assert c["dense (total width)"]["ffn_total"] == c["MoE"]["ffn_total"]
+    assert c["MoE"]["ffn_total"] == 8 * c["MoE"]["ffn_active"]  # 16 experts, 2 per fact
+
+
+def test_the_shipped_sweep_was_run_with_the_current_models_and_baselines():
+    sweep = load_sweep()
+    assert set(sweep["runs"]) == set(capacity_models(1))
+    for name, cfg in capacity_models(1, sweep["n_values"], sweep["d_model"]).items():
+        assert sweep["params"][name] == memory_param_counts(cfg)
+        for n in sweep["sizes"]:
+            assert len(sweep["runs"][name][str(n)]["bits"]) == len(sweep["seeds"])
+    for n in sweep["sizes"]:
+        _, values = capacity_facts(n, sweep["n_values"])
+        assert sweep["baselines"][str(n)]["prior_bits"] == pytest.approx(prior_bits(values, sweep["n_values"]))
