@@ -10,8 +10,8 @@ from flax import nnx
 
 from minimoe.accounting import count_params
 from minimoe.capacity import (FactMemory, MemoryConfig, MemoryTrainConfig, bits_stored,
-                              capacity_models, load_sweep, memory_param_counts, most_frequent_accuracy, paired_difference,
-                              prior_bits, train_seeds)
+                              capacity_models, load_sweep, memory_param_counts,
+                              most_frequent_accuracy, paired_difference, prior_bits, train_seeds)
 from minimoe.config import MoEConfig
 from minimoe.data import capacity_facts
 
