@@ -1,6 +1,6 @@
 """The long version of notebook 04's capacity measurement; writes minimoe/results/capacity_sweep.json.
 
-    PYTHONPATH=. python tools/capacity_sweep.py            # about 15 minutes on a 2-core CPU
+    PYTHONPATH=. python tools/capacity_sweep.py   # 24 minutes on a shared 2-core CPU
 
 For every table size in ``SIZES`` and every seed in ``SEEDS`` it trains three ``FactMemory``
 models on ``capacity_facts(n, N_VALUES)`` -- a dense one with the MoE's active feed-forward
