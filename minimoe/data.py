@@ -108,6 +108,30 @@ def fact_documents(n_facts: int) -> list[Document]:
     return [fact_document(name, city) for name, city in facts_table(n_facts)]
 
 
+CAPACITY_SEED = 20250316  # the default table of the capacity measurement (notebook 04)
+
+
+def capacity_facts(n_facts: int, n_values: int, seed: int = CAPACITY_SEED
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A facts-only table for measuring knowledge capacity, one token per entity.
+
+    Entity ``i`` (an id of its own, ``0 <= i < n_facts``) has one attribute whose value is
+    drawn uniformly and independently from ``n_values`` choices, so the table holds exactly
+    ``n_facts * log2(n_values)`` bits and no fact can be inferred from another: each has to
+    be stored. Unlike the ``facts`` domain's names and cities, nothing is spelled out in
+    bytes -- a model reads the entity from one token and answers with one token.
+
+    Returns ``(entities [n_facts] int32, values [n_facts] int32)``.
+    """
+    if isinstance(n_facts, bool) or not isinstance(n_facts, (int, np.integer)) or n_facts < 1:
+        raise ValueError(f"n_facts must be a positive integer, got {n_facts!r}")
+    if isinstance(n_values, bool) or not isinstance(n_values, (int, np.integer)) or n_values < 2:
+        raise ValueError(f"n_values must be an integer >= 2, got {n_values!r}")
+    rng = np.random.default_rng([seed, 16])
+    values = rng.integers(n_values, size=n_facts).astype(np.int32)
+    return np.arange(n_facts, dtype=np.int32), values
+
+
 def _noun_phrase(rng) -> str:
     det = ("the", "a")[rng.integers(2)]
     if rng.random() < 0.5:
