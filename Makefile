@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 COLAB_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12))
 COLAB_VENV ?= .venv-colab
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
-# The unit tests include expert parallelism on 8 simulated CPU devices (tests/test_parallel.py).
+# The unit tests include expert parallelism on 8 simulated CPU devices (tests/test_parallel.py);
+# tests/conftest.py sets the same flag, so a plain `pytest` runs them too.
 DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=600
 

@@ -169,6 +169,9 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.attention == "mla":  # its fields (kv_lora_rank, ...) would be ignored here
+            raise ValueError("Attention is grouped-query attention; a config with attention='mla' "
+                             "builds MLAttention (model.make_attention picks the right module)")
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
         self.rope_theta = cfg.rope_theta

@@ -340,11 +340,12 @@ def moe_calls(cfg: BenchConfig, x: jax.Array, g: jax.Array) -> tuple[dict, dict]
 
 
 def dropped_fractions(cfg: BenchConfig, x: jax.Array) -> dict[str, float]:
-    """Fraction of the assignments each capacity-based strategy of ``cfg`` drops on ``x``."""
+    """Fraction of the assignments each capacity-based strategy of ``cfg`` drops on ``x`` in a
+    training call (capacity applies in training only)."""
     out = {}
     for strategy in cfg.strategies:
         if strategy not in DROPLESS_STRATEGIES and largest_array_gib(cfg, strategy) <= cfg.max_gib:
-            _, stats = nnx.jit(lambda m, x: m(x))(make_moe(cfg, strategy), x)
+            _, stats = nnx.jit(lambda m, x: m(x, train=True))(make_moe(cfg, strategy), x)
             out[strategy] = max(0.0, float(stats.dropped_fraction))
     return out
 

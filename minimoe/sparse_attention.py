@@ -131,6 +131,9 @@ class SparseAttention(Attention):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.attention != "sparse":
+            raise ValueError(f"SparseAttention needs a config with attention='sparse' (and its "
+                             f"sparse_top_k), got attention={cfg.attention!r}")
         super().__init__(cfg, rngs=rngs)
         d = cfg.d_model
         self.top_k = cfg.sparse_top_k

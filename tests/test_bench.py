@@ -54,6 +54,13 @@ def test_a_strategy_too_big_for_memory_is_skipped_not_run():
     assert set(bench.dropped_fractions(cfg, x)) == {"sort"}
 
 
+def test_dropped_fractions_are_those_of_a_training_call():
+    cfg = TINY.replace(capacity_factor=0.5)  # half the even share: at least half is dropped
+    x, _ = bench.layer_inputs(cfg)
+    drops = bench.dropped_fractions(cfg, x)
+    assert set(drops) == {"sort", "onehot"} and drops["sort"] == drops["onehot"] >= 0.5
+
+
 def test_time_many_gives_slow_calls_fewer_runs():
     fast = jax.jit(lambda a: a + 1)
     slow = jax.jit(lambda a: sum(jnp.sin(a + i) for i in range(200)))

@@ -150,3 +150,11 @@ def test_attention_built_from_a_sliding_config_uses_its_window():
     y = nnx.jit(lambda m, x: m(x)[0])
     np.testing.assert_allclose(y(attn, x), expected, atol=1e-5)
     assert not np.allclose(y(attn, x), y(full_causal, x), atol=1e-3)
+
+
+def test_attention_modules_refuse_a_config_of_another_kind():
+    with pytest.raises(ValueError, match="a config with attention='mla' builds MLAttention"):
+        Attention(CACHED["mla"], rngs=nnx.Rngs(0))
+    from minimoe.sparse_attention import SparseAttention
+    with pytest.raises(ValueError, match="SparseAttention needs a config with attention='sparse'"):
+        SparseAttention(BASE, rngs=nnx.Rngs(0))

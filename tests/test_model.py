@@ -10,7 +10,7 @@ from minimoe.attention import (SCORES_PER_TILE, Attention, _attend, batch_chunk,
                                grouped_attention)
 from minimoe.config import ModelConfig
 from minimoe.ffn import SwiGLU
-from minimoe.model import Transformer, generate, sample_logits
+from minimoe.model import generate, sample_logits
 from minimoe.norm import RMSNorm
 from minimoe.rope import apply_rope, rope_angles
 

@@ -114,6 +114,11 @@ def test_train_config_errors():
         TrainConfig(steps=10, warmup_steps=10)
     with pytest.raises(ValueError, match=r"lr must be > 0"):
         TrainConfig(lr=0.0)
+    for name in ("lr", "weight_decay", "clip_norm", "min_lr_ratio"):  # a bool is not a number
+        with pytest.raises(ValueError, match=rf"{name} must be a number, got True"):
+            TrainConfig(**{name: True})
+    with pytest.raises(ValueError, match=r"warmup_steps must be an integer, got 2.5"):
+        TrainConfig(warmup_steps=2.5)
 
 
 def test_runs_with_other_seeds_share_the_optimizer_transformation():
