@@ -159,6 +159,19 @@ class ModelConfig:
         q_lora_rank: rank of MLA's query compression (``None``: full-rank queries).
         kv_lora_rank: width of MLA's compressed KV latent.
         qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA's per-head sizes.
+
+    Features of published checkpoints (``minimoe.checkpoints``); each default is the course's
+    own arithmetic, so a config that leaves them alone computes exactly what it did before:
+        attention_head_dim: per-head width of ``gqa``/``sliding`` attention when it is not
+            ``d_model // n_heads`` (Hugging Face ``head_dim``, e.g. Qwen3); ``None``: the quotient.
+        qk_norm: RMSNorm over ``head_dim`` on every query and key head before RoPE (Qwen3's
+            ``q_norm``/``k_norm``, eps ``norm_eps``).
+        attention_scale: the factor on ``q . k`` (Granite's ``attention_multiplier``);
+            ``None``: ``1 / sqrt(head_dim)``.
+        embedding_multiplier: the token embeddings are multiplied by it (Granite).
+        residual_multiplier: each block's attention and FFN outputs are multiplied by it
+            before they are added to the residual stream (Granite).
+        logits_scaling: the logits are divided by it (Granite's ``logits_scaling``).
     """
 
     vocab_size: int = 256
@@ -183,6 +196,12 @@ class ModelConfig:
     qk_nope_head_dim: int = 16
     qk_rope_head_dim: int = 8
     v_head_dim: int = 16
+    attention_head_dim: int | None = None
+    qk_norm: bool = False
+    attention_scale: float | None = None
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -190,11 +209,12 @@ class ModelConfig:
                      "qk_rope_head_dim", "v_head_dim"):
             _positive(name, getattr(self, name))
         _positive("n_kv_heads", self.n_kv_heads, allow_none=True)
+        _positive("attention_head_dim", self.attention_head_dim, allow_none=True)
         _positive("q_lora_rank", self.q_lora_rank, allow_none=True)
         _positive("sliding_window", self.sliding_window, allow_none=True)
         _positive("sparse_top_k", self.sparse_top_k, allow_none=True)
         _one_of("attention", self.attention, ATTENTION_KINDS)
-        if self.d_model % self.n_heads:
+        if self.attention_head_dim is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads, got n_heads={self.n_heads}")
         if self.head_dim % 2:
@@ -220,9 +240,32 @@ class ModelConfig:
             raise ValueError("attention='sliding' needs sliding_window (a positive integer), got None")
         if self.attention == "sparse" and self.sparse_top_k is None:
             raise ValueError("attention='sparse' needs sparse_top_k (a positive integer), got None")
+        self._check_checkpoint_features()
+
+    def _check_checkpoint_features(self):
+        """Validate the fields that published checkpoints need (see the class docstring)."""
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.attention_scale is not None and (
+                isinstance(self.attention_scale, bool)
+                or not isinstance(self.attention_scale, (int, float)) or not self.attention_scale > 0):
+            raise ValueError(
+                f"attention_scale must be a number > 0, or None for 1/sqrt(head_dim), "
+                f"got {self.attention_scale!r}")
+        for name, default in (("attention_head_dim", None), ("qk_norm", False),
+                              ("attention_scale", None)):
+            if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
+                raise ValueError(f"{name}={getattr(self, name)!r} is only implemented for "
+                                 f"attention 'gqa' or 'sliding', got attention={self.attention!r}")
 
     @property
     def head_dim(self) -> int:
+        if self.attention_head_dim is not None:
+            return self.attention_head_dim
         return self.d_model // self.n_heads
 
     @property

@@ -46,6 +46,7 @@ class Block(nnx.Module):
         self.attn = make_attention(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
+        self.residual_multiplier = cfg.residual_multiplier
         if self.is_moe:
             from .moe import MoELayer
             self.ffn = MoELayer(cfg.d_model, cfg.moe, rngs=rngs)
@@ -54,11 +55,15 @@ class Block(nnx.Module):
 
     def __call__(self, x, cache=None, *, train: bool = False, key: jax.Array | None = None):
         h, cache = self.attn(self.attn_norm(x), cache=cache)
+        if self.residual_multiplier != 1.0:  # Granite scales each branch before the residual
+            h = h * self.residual_multiplier
         x = x + h
         if self.is_moe:
             f, stats = self.ffn(self.ffn_norm(x), train=train, rngs=key)
         else:
             f, stats = self.ffn(self.ffn_norm(x)), None
+        if self.residual_multiplier != 1.0:
+            f = f * self.residual_multiplier
         return x + f, cache, stats
 
 
@@ -93,6 +98,8 @@ class Transformer(nnx.Module):
                  key: jax.Array | None = None) -> LMOutput:
         """tokens: [batch, seq] int. ``key`` feeds training-time noise (noisy top-k routing)."""
         x = jnp.take(self.embed[...], tokens, axis=0)  # [batch, seq, d_model]
+        if self.cfg.embedding_multiplier != 1.0:  # Granite
+            x = x * self.cfg.embedding_multiplier
         new_cache, stats = [], []
         for i, block in enumerate(self.blocks):
             layer_key = None if key is None else jax.random.fold_in(key, i)
@@ -103,6 +110,8 @@ class Transformer(nnx.Module):
         x = self.final_norm(x)
         w_out = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
         logits = linear(x, w_out).astype(jnp.float32)  # [batch, seq, vocab]
+        if self.cfg.logits_scaling != 1.0:  # Granite divides the logits
+            logits = logits / self.cfg.logits_scaling
         aux = sum((s.loss for s in stats), jnp.zeros((), jnp.float32))
         return LMOutput(logits, None if cache is None else tuple(new_cache), tuple(stats), aux)
 
