@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from minimoe.checkpoints import (SUPPORTED_MODEL_TYPES, TINY_CHECKPOINT, config_from_hf,
-                                 load_checkpoint, read_hf_config)
+from minimoe.accounting import param_counts
+from minimoe.checkpoints import (SUPPORTED_MODEL_TYPES, TINY_CHECKPOINT, SafetensorsReader,
+                                 config_from_hf, load_checkpoint, read_hf_config)
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer, generate
 
@@ -84,6 +85,43 @@ def test_greedy_generation_matches_token_for_token(loaded, family):
     new = ref["greedy"].shape[1] - prompt.shape[1]
     got = generate(model, prompt, new, jax.random.key(0), temperature=0)  # with a KV cache
     np.testing.assert_array_equal(np.asarray(got), ref["greedy"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_counts_match_the_loaded_checkpoint(loaded, family):
+    """accounting.param_counts of the derived config counts exactly the loaded parameters, and
+    the model's state (parameters and DeepSeek's router bias) is every stored tensor."""
+    model, _, _ = loaded[family]
+    size = lambda tree: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
+    assert param_counts(model.cfg)["total"] == size(nnx.state(model, nnx.Param))
+    n = size(nnx.state(model))
+    files = sorted(set(SafetensorsReader(DIRS[family]).files.values()))
+    stored = sum(int(np.prod(t.shape)) for f in files
+                 for t in load_file(os.path.join(DIRS[family], f)).values())
+    assert n == stored  # every tensor of the checkpoint, and nothing else
+
+
+def test_hub_spellings_of_config_fields():
+    """Hub configs write some fields differently from transformers 5 (Qwen3's num_experts,
+    rope_theta at the top level, rope_scaling null): the same config results."""
+    hf = read_hf_config(DIRS["qwen3_moe"])
+    hub = {k: v for k, v in hf.items() if k not in ("num_local_experts", "rope_parameters")}
+    hub.update(num_experts=hf["num_local_experts"], rope_theta=hf["rope_parameters"]["rope_theta"],
+               rope_scaling=None)
+    assert config_from_hf(hub) == config_from_hf(hf)
+    del hub["num_experts"]
+    with pytest.raises(ValueError, match="no field num_local_experts or num_experts"):
+        config_from_hf(hub)
+
+
+def test_absent_tie_word_embeddings_is_read_from_the_weights(tmp_path):
+    for family, tied in (("granitemoe", True), ("llama", False)):
+        dst = tmp_path / family
+        shutil.copytree(DIRS[family], dst)
+        hf = read_hf_config(str(dst))
+        del hf["tie_word_embeddings"]
+        (dst / "config.json").write_text(json.dumps(hf))
+        assert load_checkpoint(str(dst)).cfg.tie_embeddings is tied
 
 
 def test_config_from_hf_maps_family_fields():
