@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import ModelConfig, MoEConfig
+from .config import ModelConfig, MoEConfig, YaRNConfig
 from .model import Transformer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3_moe", "granitemoe", "deepseek_v3")
@@ -71,24 +71,36 @@ def read_hf_config(path: str) -> dict:
         return json.load(f)
 
 
-def _rope_theta(hf: dict) -> float:
-    """RoPE base and a check that no RoPE scaling is asked for.
+def _rope(hf: dict) -> dict:
+    """RoPE settings: ``rope_theta``, and ``rope_yarn`` for DeepSeek-V3's YaRN scaling.
 
     Old configs write ``rope_theta`` and ``rope_scaling``; transformers 5 writes
-    ``rope_parameters = {"rope_type": ..., "rope_theta": ...}``. Only the plain rotation
-    (``rope_type`` "default") is implemented; any scaling (YaRN, Llama 3, linear...) is an
-    error rather than a silently different model.
+    ``rope_parameters = {"rope_type": ..., "rope_theta": ...}``. Implemented: the plain rotation
+    (``rope_type`` "default") for every family, and YaRN for DeepSeek-V3; any other scaling
+    (Llama 3's, linear, dynamic...) is an error rather than a silently different model.
     """
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    old_kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    for k in (kind, old_kind):
-        if k != "default":
-            raise ValueError(f"RoPE scaling rope_type={k!r} is not implemented in minimoe "
-                             f"(only 'default', the plain rotation)")
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    return float(theta)
+    old, new = hf.get("rope_scaling") or {}, hf.get("rope_parameters") or {}
+    kind_of = lambda p: p.get("rope_type", p.get("type", "default"))
+    params = old if kind_of(old) != "default" else new  # a scaling named in either place counts
+    kind = kind_of(params)
+    theta = float(new.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if kind == "default":
+        return dict(rope_theta=theta)
+    if kind == "yarn" and hf.get("model_type") == "deepseek_v3":
+        if params.get("attention_factor") is not None:
+            raise ValueError("YaRN with an explicit attention_factor is not implemented "
+                             "(DeepSeek's mscale / mscale_all_dim are)")
+        yarn = YaRNConfig(
+            factor=float(params["factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+            beta_fast=float(params.get("beta_fast") or 32),
+            beta_slow=float(params.get("beta_slow") or 1),
+            mscale=float(params.get("mscale") or 0),
+            mscale_all_dim=float(params.get("mscale_all_dim") or 0))
+        return dict(rope_theta=theta, rope_yarn=yarn)
+    raise ValueError(f"RoPE scaling rope_type={kind!r} is not implemented in minimoe for "
+                     f"model_type {hf.get('model_type')!r} (implemented: 'default', and 'yarn' for "
+                     f"deepseek_v3)")
 
 
 _MISSING = object()
@@ -135,7 +147,7 @@ def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "so
         vocab_size=_field(hf, "vocab_size"), d_model=d_model,
         n_layers=_field(hf, "num_hidden_layers"), n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        d_ff=_field(hf, "intermediate_size"), rope_theta=_rope_theta(hf),
+        d_ff=_field(hf, "intermediate_size"), **_rope(hf),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=max_seq_len or min(hf.get("max_position_embeddings", 4096), 4096),

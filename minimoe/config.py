@@ -134,6 +134,42 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class YaRNConfig:
+    """YaRN RoPE scaling (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large
+    Language Models", §3.2-3.4) with DeepSeek's softmax-scale correction, as DeepSeek-V2/V3
+    configure it (``rope_scaling`` / ``rope_parameters`` with ``rope_type: "yarn"``).
+
+    Attributes:
+        factor: context extension factor ``s``: slow frequencies are divided by it.
+        original_max_position_embeddings: the context length of pre-training, ``L``.
+        beta_fast, beta_slow: the ramp between frequencies kept as they are (more than
+            ``beta_fast`` rotations over ``L``) and frequencies interpolated (fewer than
+            ``beta_slow``).
+        mscale, mscale_all_dim: DeepSeek's temperature terms: cos and sin are multiplied by
+            ``m(s, mscale) / m(s, mscale_all_dim)`` and the softmax scale by
+            ``m(s, mscale_all_dim) ** 2``, with ``m(s, a) = 0.1 a ln(s) + 1`` (0 = not set).
+    """
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) \
+                or not self.factor >= 1:
+            raise ValueError(f"factor must be a number >= 1, got {self.factor!r}")
+        _positive("original_max_position_embeddings", self.original_max_position_embeddings)
+        for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            _non_negative(name, getattr(self, name))
+        if not self.beta_fast > self.beta_slow:
+            raise ValueError(f"beta_fast must be > beta_slow ({self.beta_slow}), "
+                             f"got beta_fast={self.beta_fast}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Settings of a decoder-only transformer language model.
 
@@ -172,6 +208,8 @@ class ModelConfig:
         residual_multiplier: each block's attention and FFN outputs are multiplied by it
             before they are added to the residual stream (Granite).
         logits_scaling: the logits are divided by it (Granite's ``logits_scaling``).
+        rope_yarn: YaRN RoPE scaling of MLA's rope channels (``YaRNConfig``, DeepSeek-V2/V3);
+            ``None``: the plain rotation.
     """
 
     vocab_size: int = 256
@@ -202,6 +240,7 @@ class ModelConfig:
     embedding_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    rope_yarn: YaRNConfig | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -256,6 +295,13 @@ class ModelConfig:
             raise ValueError(
                 f"attention_scale must be a number > 0, or None for 1/sqrt(head_dim), "
                 f"got {self.attention_scale!r}")
+        if self.rope_yarn is not None:
+            if not isinstance(self.rope_yarn, YaRNConfig):
+                raise ValueError(f"rope_yarn must be a YaRNConfig or None, "
+                                 f"got {type(self.rope_yarn).__name__}")
+            if self.attention != "mla":
+                raise ValueError(f"rope_yarn is only implemented for attention 'mla', "
+                                 f"got attention={self.attention!r}")
         for name, default in (("attention_head_dim", None), ("qk_norm", False),
                               ("attention_scale", None)):
             if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
@@ -301,4 +347,6 @@ class ModelConfig:
             if munknown:
                 raise ValueError(f"unknown MoEConfig keys {munknown}; allowed: {sorted(mknown)}")
             d["moe"] = MoEConfig(**moe)
+        if isinstance(d.get("rope_yarn"), dict):
+            d["rope_yarn"] = YaRNConfig(**d["rope_yarn"])
         return cls(**d)

@@ -145,7 +145,8 @@ def test_unsupported_family_names_model_type_and_the_supported_ones():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}, "yarn"),
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}, "yarn.*mixtral"),
+    ("rope_parameters", {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}, "llama3"),
     ("rope_scaling", {"type": "linear", "factor": 2.0}, "linear"),
     ("hidden_act", "gelu", "hidden_act='gelu'"),
     ("attention_bias", True, "attention_bias=True"),
@@ -250,3 +251,34 @@ def test_checkpoint_fields_are_validated(field, value):
 def test_checkpoint_attention_fields_need_gqa():
     with pytest.raises(ValueError, match="qk_norm.*attention='mla'"):
         ModelConfig(attention="mla", qk_norm=True)
+
+
+def test_yarn_frequencies_at_their_limits():
+    """YaRN keeps the frequencies that rotate often over the pre-training context, divides
+    the rare ones by ``factor``, ramps in between, and is the plain rotation when ``factor``
+    is 1. (The parity test against transformers checks the exact values.)"""
+    from minimoe.config import YaRNConfig
+    from minimoe.rope import rope_angles, yarn_inv_freq
+    dim, theta = 16, 10000.0
+    plain = theta ** -(np.arange(0, dim, 2) / dim)
+    np.testing.assert_allclose(yarn_inv_freq(dim, theta, YaRNConfig(1.0, 64)), plain, rtol=1e-6)
+    mixed = yarn_inv_freq(dim, theta, YaRNConfig(4.0, 4096))  # DeepSeek-V3's L
+    assert np.isclose(mixed[0], plain[0]) and np.isclose(mixed[-1], plain[-1] / 4.0)
+    ratio = mixed / plain  # from 1 (kept) down to 1/4 (interpolated), never outside
+    assert np.all(np.diff(ratio) <= 1e-7) and ratio.min() >= 0.25 - 1e-7
+    assert 0.3 < ratio[4] < 0.9  # and some in between
+    cos, _ = rope_angles(jnp.arange(3), dim, theta)
+    np.testing.assert_allclose(np.cos(np.arange(3)[:, None] * plain), cos, atol=1e-6)
+
+
+def test_yarn_config_is_validated_and_round_trips():
+    from minimoe.config import YaRNConfig
+    with pytest.raises(ValueError, match="factor"):
+        YaRNConfig(0.5, 16)
+    with pytest.raises(ValueError, match="beta_fast"):
+        YaRNConfig(4.0, 16, beta_fast=1.0, beta_slow=2.0)
+    with pytest.raises(ValueError, match="rope_yarn.*'mla'"):
+        ModelConfig(rope_yarn=YaRNConfig(4.0, 16))
+    cfg = config_from_hf(read_hf_config(DIRS["deepseek_v3"]))
+    assert cfg.rope_yarn == YaRNConfig(4.0, 16, 32.0, 1.0, 1.0, 0.8)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

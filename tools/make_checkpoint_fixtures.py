@@ -71,7 +71,12 @@ FAMILIES = {
                          n_group=4, topk_group=2, first_k_dense_replace=1,
                          routed_scaling_factor=2.5, q_lora_rank=16, kv_lora_rank=16,
                          qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
-                         rope_theta=10000.0), "mlp.gate"),
+                         # YaRN as DeepSeek-V3 uses it, scaled down: a pre-training context of
+                         # 16 makes the ramp keep one rope frequency and interpolate the others
+                         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                                              original_max_position_embeddings=16,
+                                              beta_fast=32.0, beta_slow=1.0, mscale=1.0,
+                                              mscale_all_dim=0.8)), "mlp.gate"),
 }
 SHARDED = ("mixtral",)
 
