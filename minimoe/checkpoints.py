@@ -45,7 +45,9 @@ from flax import nnx
 from .config import ModelConfig, MoEConfig, YaRNConfig
 from .model import Transformer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3_moe", "granitemoe", "deepseek_v3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3_moe", "granitemoe", "deepseek_v2",
+                         "deepseek_v3")
+DEEPSEEK = ("deepseek_v2", "deepseek_v3")
 
 # A tiny random Granite-MoE checkpoint (256 byte-level token ids) shipped with the package,
 # with the logits, experts and greedy tokens that transformers computes for it
@@ -72,11 +74,11 @@ def read_hf_config(path: str) -> dict:
 
 
 def _rope(hf: dict) -> dict:
-    """RoPE settings: ``rope_theta``, and ``rope_yarn`` for DeepSeek-V3's YaRN scaling.
+    """RoPE settings: ``rope_theta``, and ``rope_yarn`` for DeepSeek-V2/V3's YaRN scaling.
 
     Old configs write ``rope_theta`` and ``rope_scaling``; transformers 5 writes
     ``rope_parameters = {"rope_type": ..., "rope_theta": ...}``. Implemented: the plain rotation
-    (``rope_type`` "default") for every family, and YaRN for DeepSeek-V3; any other scaling
+    (``rope_type`` "default") for every family, and YaRN for DeepSeek-V2/V3; any other scaling
     (Llama 3's, linear, dynamic...) is an error rather than a silently different model.
     """
     old, new = hf.get("rope_scaling") or {}, hf.get("rope_parameters") or {}
@@ -86,7 +88,7 @@ def _rope(hf: dict) -> dict:
     theta = float(new.get("rope_theta", hf.get("rope_theta", 10000.0)))
     if kind == "default":
         return dict(rope_theta=theta)
-    if kind == "yarn" and hf.get("model_type") == "deepseek_v3":
+    if kind == "yarn" and hf.get("model_type") in DEEPSEEK:
         if params.get("attention_factor") is not None:
             raise ValueError("YaRN with an explicit attention_factor is not implemented "
                              "(DeepSeek's mscale / mscale_all_dim are)")
@@ -100,7 +102,7 @@ def _rope(hf: dict) -> dict:
         return dict(rope_theta=theta, rope_yarn=yarn)
     raise ValueError(f"RoPE scaling rope_type={kind!r} is not implemented in minimoe for "
                      f"model_type {hf.get('model_type')!r} (implemented: 'default', and 'yarn' for "
-                     f"deepseek_v3)")
+                     f"{' and '.join(DEEPSEEK)})")
 
 
 _MISSING = object()
@@ -153,7 +155,7 @@ def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "so
         max_seq_len=max_seq_len or min(hf.get("max_position_embeddings", 4096), 4096),
     )
     head_dim = hf.get("head_dim")
-    if model_type != "deepseek_v3" and head_dim and head_dim != d_model // n_heads:
+    if model_type not in DEEPSEEK and head_dim and head_dim != d_model // n_heads:
         common["attention_head_dim"] = head_dim
     window = hf.get("sliding_window")
     if model_type in ("mistral", "mixtral") and window is not None:
@@ -163,7 +165,8 @@ def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "so
         _require(hf, "decoder_sparse_step", (1,), 1)
         _require(hf, "mlp_only_layers", ([],), [])
     family = {"llama": _dense, "mistral": _dense, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe,
-              "granitemoe": _granitemoe, "deepseek_v3": _deepseek_v3}[model_type]
+              "granitemoe": _granitemoe, "deepseek_v2": _deepseek_v2,
+              "deepseek_v3": _deepseek_v3}[model_type]
     return ModelConfig(**common, **family(hf, dispatch))
 
 
@@ -217,7 +220,29 @@ def _deepseek_v3(hf: dict, dispatch: str) -> dict:
                renormalize=bool(hf.get("norm_topk_prob", True)),
                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
                n_group=hf.get("n_group") or 1, topk_group=hf.get("topk_group") or 1)
-    return dict(moe=moe, attention="mla", first_k_dense=hf.get("first_k_dense_replace", 0),
+    return dict(moe=moe, **_mla(hf))
+
+
+def _deepseek_v2(hf: dict, dispatch: str) -> dict:
+    """DeepSeek-V2 (e.g. V2-Lite): MLA, softmax scores, plain top-k (``topk_method="greedy"``),
+    weights times ``routed_scaling_factor``, shared experts, the first layers dense.
+
+    Not implemented (an error): V2's group-limited greedy routing (the group's score is its best
+    expert's), and ``norm_topk_prob`` (DeepSeek's code renormalises, transformers' does not).
+    """
+    _require(hf, "topk_method", ("greedy",), "greedy")
+    _require(hf, "scoring_func", ("softmax",), "softmax")
+    _require(hf, "norm_topk_prob", (False,), False)
+    _require(hf, "rms_norm_eps", (1e-6,), 1e-6)
+    moe = _moe(hf, dispatch, "moe_intermediate_size", router="softmax", renormalize=False,
+               n_shared_experts=hf.get("n_shared_experts") or 0,
+               routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)))
+    return dict(moe=moe, **_mla(hf))
+
+
+def _mla(hf: dict) -> dict:
+    """MLA and layer-pattern fields shared by DeepSeek-V2 and V3."""
+    return dict(attention="mla", first_k_dense=hf.get("first_k_dense_replace", 0),
                 q_lora_rank=hf.get("q_lora_rank"), kv_lora_rank=_field(hf, "kv_lora_rank"),
                 qk_nope_head_dim=_field(hf, "qk_nope_head_dim"),
                 qk_rope_head_dim=_field(hf, "qk_rope_head_dim"),
@@ -331,7 +356,7 @@ def _tensor_map(cfg: ModelConfig, hf: dict, model: Transformer) -> list[tuple]:
         entries += [(block.attn_norm.weight, p + "input_layernorm.weight", same),
                     (block.ffn_norm.weight, p + "post_attention_layernorm.weight", same)]
         a = block.attn
-        if mt == "deepseek_v3":
+        if mt in DEEPSEEK:
             entries += _mla_map(cfg, a, p + "self_attn.")
         else:
             entries += [(a.wq, p + "self_attn.q_proj.weight", T),
@@ -364,7 +389,7 @@ def _tensor_map(cfg: ModelConfig, hf: dict, model: Transformer) -> list[tuple]:
                         (ex.w_up, q + "input_linear.weight",
                          lambda w, d_e=d_e: w[:, d_e:].transpose(0, 2, 1)),
                         (ex.w_down, q + "output_linear.weight", lambda w: w.transpose(0, 2, 1))]
-        else:  # qwen3_moe, deepseek_v3
+        else:  # qwen3_moe, deepseek_v2, deepseek_v3
             q = p + "mlp."
             entries += [(f.router.w_router, q + "gate.weight", T),
                         (ex.w_gate, _stack([f"{q}experts.{j}.gate_proj.weight" for j in e]), same),

@@ -139,6 +139,13 @@ def test_config_from_hf_maps_family_fields():
     assert (mistral.attention, mistral.sliding_window) == ("sliding", 8)
 
 
+def test_deepseek_v2_settings_that_are_not_implemented_are_errors():
+    hf = read_hf_config(DIRS["deepseek_v2"])
+    for field, value in (("topk_method", "group_limited_greedy"), ("norm_topk_prob", True)):
+        with pytest.raises(ValueError, match=f"{field}={value!r}.*deepseek_v2"):
+            config_from_hf({**hf, field: value})
+
+
 def test_unsupported_family_names_model_type_and_the_supported_ones():
     with pytest.raises(ValueError, match=r"model_type 'gpt2'.*'llama'.*'deepseek_v3'"):
         config_from_hf({"model_type": "gpt2"})

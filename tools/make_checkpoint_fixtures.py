@@ -1,6 +1,7 @@
 """Build the tiny reference checkpoints that tests/test_checkpoints.py loads with minimoe.
 
-For every family minimoe loads (Llama, Mistral, Mixtral, Qwen3-MoE, Granite-MoE, DeepSeek-V3)
+For every family minimoe loads (Llama, Mistral, Mixtral, Qwen3-MoE, Granite-MoE, DeepSeek-V3,
+DeepSeek-V2)
 this script builds a tiny model with Hugging Face ``transformers`` (a few layers, d_model 32,
 256 token ids so that bytes are valid tokens), fills it with seeded random weights, and writes
 under ``tests/fixtures/checkpoints/<family>/`` (Granite's under
@@ -77,6 +78,17 @@ FAMILIES = {
                                               original_max_position_embeddings=16,
                                               beta_fast=32.0, beta_slow=1.0, mscale=1.0,
                                               mscale_all_dim=0.8)), "mlp.gate"),
+    # DeepSeek-V2-Lite's shape: full-rank queries, softmax scores, plain top-k ("greedy")
+    "deepseek_v2": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM,
+                    dict(num_hidden_layers=3, num_key_value_heads=4, n_routed_experts=8,
+                         num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=2,
+                         topk_method="greedy", n_group=1, topk_group=1, first_k_dense_replace=1,
+                         routed_scaling_factor=1.5, norm_topk_prob=False, q_lora_rank=None,
+                         kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                                              original_max_position_embeddings=16,
+                                              beta_fast=32.0, beta_slow=1.0, mscale=0.707,
+                                              mscale_all_dim=0.707)), "mlp.gate"),
 }
 SHARDED = ("mixtral",)
 
