@@ -58,6 +58,7 @@ TINY_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+FLOAT_DTYPES = ("F32", "F16", "F64")  # read by numpy as they are; BF16 is widened to float32
 
 
 # ----------------------------------------------------------------------------------------
@@ -293,8 +294,13 @@ class SafetensorsReader:
             self._open[file] = handle.__enter__()
         self.used.add(name)
         handle = self._open[file]
-        if handle.get_slice(name).get_dtype() == "BF16":
+        dtype = handle.get_slice(name).get_dtype()
+        if dtype == "BF16":
             return _bf16_tensor(os.path.join(self.path, file), name)
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"tensor {name!r} in {file!r} has dtype {dtype}; minimoe reads "
+                             f"{list(FLOAT_DTYPES) + ['BF16']} (quantized checkpoints, e.g. FP8 "
+                             f"with scale tensors, must be converted first)")
         return handle.get_tensor(name)
 
     def unused(self) -> list[str]:

@@ -208,14 +208,15 @@ def test_missing_files_are_errors(tmp_path):
         load_checkpoint(str(tmp_path))
 
 
-def _write_bf16(path, tensors):
-    """A safetensors file of bfloat16 tensors (the top 16 bits of float32, rounded to nearest
-    even), written from its published layout: header length, JSON header, raw bytes."""
+def _write_safetensors(path, tensors, dtype="BF16"):
+    """A safetensors file of 16-bit tensors (bfloat16: the top 16 bits of float32, rounded to
+    nearest even; the same bits are labelled ``dtype``), written from its published layout:
+    header length, JSON header, raw bytes."""
     header, blobs, offset = {}, [], 0
     for name, x in tensors.items():
         bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(x.shape),
+        header[name] = {"dtype": dtype, "shape": list(x.shape),
                         "data_offsets": [offset, offset + len(rounded)]}
         blobs.append(rounded)
         offset += len(rounded)
@@ -228,7 +229,7 @@ def test_bfloat16_checkpoint_loads_exactly(tmp_path):
     dst = tmp_path / "llama"
     shutil.copytree(DIRS["llama"], dst)
     tensors = load_file(str(dst / "model.safetensors"))
-    _write_bf16(str(dst / "model.safetensors"), tensors)
+    _write_safetensors(str(dst / "model.safetensors"), tensors)
     model = load_checkpoint(str(dst))
     want = jnp.asarray(tensors["model.embed_tokens.weight"]).astype(jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(model.embed[...]), np.asarray(want, np.float32))
@@ -289,3 +290,13 @@ def test_yarn_config_is_validated_and_round_trips():
     cfg = config_from_hf(read_hf_config(DIRS["deepseek_v3"]))
     assert cfg.rope_yarn == YaRNConfig(4.0, 16, 32.0, 1.0, 1.0, 0.8)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_unreadable_dtype_names_tensor_dtype_and_file(tmp_path):
+    dst = tmp_path / "llama"
+    shutil.copytree(DIRS["llama"], dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    _write_safetensors(str(dst / "model.safetensors"), tensors, dtype="I16")
+    with pytest.raises(ValueError, match=r"tensor '.*' in 'model.safetensors' has dtype I16"):
+        load_checkpoint(str(dst))
+
