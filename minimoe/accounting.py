@@ -34,6 +34,8 @@ def _attention_params(cfg: ModelConfig) -> int:
     if cfg.attention == "sparse":  # the light indexer: its own queries and keys
         proj += d * cfg.index_n_heads * cfg.index_head_dim + d * cfg.index_head_dim \
             + d * cfg.index_n_heads
+    if cfg.qk_norm:  # Qwen3's per-head RMSNorm gains on queries and keys
+        proj += 2 * cfg.head_dim
     return proj
 
 

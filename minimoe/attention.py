@@ -33,6 +33,7 @@ from flax import nnx
 
 from .config import ModelConfig
 from .ffn import init_weight, linear
+from .norm import RMSNorm
 from .rope import apply_rope, rope_angles
 
 NEG_INF = -1e30  # large negative instead of -inf: a fully masked row stays finite
@@ -111,11 +112,13 @@ def poison_on_overflow(y: jax.Array, overflow: jax.Array | None) -> jax.Array:
 SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                      scale: float | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v with query heads grouped over shared key/value heads.
 
     q: [batch, q_len, n_heads, head_dim]; k, v: [batch, k_len, n_kv_heads, head_dim];
     mask: [q_len, k_len] (True = may attend). Returns [batch, q_len, n_heads, head_dim].
+    ``scale`` replaces the factor ``1/sqrt(d)`` when given (Granite's attention multiplier).
     Query head i uses key/value head ``i // (n_heads // n_kv_heads)``. The shared key/value
     heads are repeated to one per query head before the products: the cache stays small, and
     XLA on a CPU runs these plain per-head products faster than a grouped 5-D layout.
@@ -128,11 +131,11 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     on_cpu = jax.default_backend() == "cpu"
     chunk = batch_chunk(b, h * s * k.shape[1]) if on_cpu else b
     if chunk == b:
-        return _attend(q, k, v, mask)
+        return _attend(q, k, v, mask, scale)
     tiles = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # [n_tiles, chunk, ...]
     # one tile after the other; checkpoint: the backward pass recomputes a tile's scores
     # instead of keeping every tile's (as FlashAttention does), so they never leave the cache
-    tile_attend = jax.checkpoint(lambda qkv: _attend(*qkv, mask))
+    tile_attend = jax.checkpoint(lambda qkv: _attend(*qkv, mask, scale))
     out = jax.lax.map(tile_attend, (tiles(q), tiles(k), tiles(v)))
     return out.reshape(b, *out.shape[2:])
 
@@ -147,14 +150,16 @@ def batch_chunk(batch: int, scores_per_sequence: int) -> int:
     return max(c for c in range(1, min(batch, fits) + 1) if batch % c == 0)
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+            scale: float | None = None) -> jax.Array:
     """``grouped_attention`` on one tile of the batch (same shapes and meaning)."""
     d = q.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
     group = q.shape[2] // k.shape[2]
     if group > 1:  # GQA / MQA
         k = jnp.repeat(k, group, axis=2)  # [batch, k_len, n_heads, head_dim]
         v = jnp.repeat(v, group, axis=2)
-    scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * d ** -0.5
+    scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * scale
     scores = jnp.where(mask, scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhsl,blhd->bshd", probs, v)  # [batch, q_len, n_heads, head_dim]
@@ -165,7 +170,9 @@ class Attention(nnx.Module):
 
     Attributes: ``wq`` [d_model, n_heads*head_dim], ``wk``, ``wv`` [d_model, n_kv_heads*head_dim],
     ``wo`` [n_heads*head_dim, d_model]; ``window``: ``cfg.sliding_window`` when
-    ``cfg.attention == 'sliding'``, else None (full causal attention).
+    ``cfg.attention == 'sliding'``, else None (full causal attention);
+    ``q_norm``, ``k_norm``: RMSNorm [head_dim] of each query/key head before RoPE when
+    ``cfg.qk_norm`` (Qwen3), else None; ``scale``: ``cfg.attention_scale`` (None = 1/sqrt(head_dim)).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -180,6 +187,9 @@ class Attention(nnx.Module):
         self.wk = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
         self.wv = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
         self.wo = nnx.Param(init_weight(rngs.params(), (h * hd, d), h * hd))
+        self.scale = cfg.attention_scale
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
         """Empty cache for ``max_len`` tokens; with a window, a ring of ``min(window, max_len)``."""
@@ -197,6 +207,8 @@ class Attention(nnx.Module):
         q = linear(x, self.wq[...]).reshape(b, s, self.n_heads, self.head_dim)
         k = linear(x, self.wk[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
         v = linear(x, self.wv[...]).reshape(b, s, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per-head RMSNorm before the rotation (Qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, q_pos
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None):
@@ -226,7 +238,7 @@ class Attention(nnx.Module):
         mask = causal_mask(q_pos, k_pos, self.window)  # [seq, keys]
         if valid is not None:
             mask &= valid[None, :]
-        out = grouped_attention(q, k, v, mask)
+        out = grouped_attention(q, k, v, mask, self.scale)
         y = linear(out.reshape(b, s, -1), self.wo[...])
         return poison_on_overflow(y, overflow), cache
 

@@ -230,6 +230,42 @@ class _HeadDim:
 
 
 @dataclass(frozen=True)
+class YaRNConfig:
+    """YaRN RoPE scaling (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large
+    Language Models", §3.2-3.4) with DeepSeek's softmax-scale correction, as DeepSeek-V2/V3
+    configure it (``rope_scaling`` / ``rope_parameters`` with ``rope_type: "yarn"``).
+
+    Attributes:
+        factor: context extension factor ``s``: slow frequencies are divided by it.
+        original_max_position_embeddings: the context length of pre-training, ``L``.
+        beta_fast, beta_slow: the ramp between frequencies kept as they are (more than
+            ``beta_fast`` rotations over ``L``) and frequencies interpolated (fewer than
+            ``beta_slow``).
+        mscale, mscale_all_dim: DeepSeek's temperature terms: cos and sin are multiplied by
+            ``m(s, mscale) / m(s, mscale_all_dim)`` and the softmax scale by
+            ``m(s, mscale_all_dim) ** 2``, with ``m(s, a) = 0.1 a ln(s) + 1`` (0 = not set).
+    """
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) \
+                or not self.factor >= 1:
+            raise ValueError(f"factor must be a number >= 1, got {self.factor!r}")
+        _positive("original_max_position_embeddings", self.original_max_position_embeddings)
+        for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            _non_negative(name, getattr(self, name))
+        if not self.beta_fast > self.beta_slow:
+            raise ValueError(f"beta_fast must be > beta_slow ({self.beta_slow}), "
+                             f"got beta_fast={self.beta_fast}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Settings of a decoder-only transformer language model.
 
@@ -288,6 +324,19 @@ class ModelConfig:
             table (``tid2eid``) instead of by the router's top-k; needs a DeepSeek router.
         num_nextn_predict_layers: 1 adds a multi-token-prediction module (``mtp.py``) that
             predicts the token after next; 0 (default) has none.
+
+    Features of published checkpoints (``minimoe.checkpoints``); each default is the course's
+    own arithmetic, so a config that leaves them alone computes exactly what it did before:
+        qk_norm: RMSNorm over ``head_dim`` on every query and key head before RoPE (Qwen3's
+            ``q_norm``/``k_norm``, eps ``norm_eps``).
+        attention_scale: the factor on ``q . k`` (Granite's ``attention_multiplier``);
+            ``None``: ``1 / sqrt(head_dim)``.
+        embedding_multiplier: the token embeddings are multiplied by it (Granite).
+        residual_multiplier: each block's attention and FFN outputs are multiplied by it
+            before they are added to the residual stream (Granite).
+        logits_scaling: the logits are divided by it (Granite's ``logits_scaling``).
+        rope_yarn: YaRN RoPE scaling of MLA's rope channels (``YaRNConfig``, DeepSeek-V2/V3);
+            ``None``: the plain rotation.
     """
 
     vocab_size: int = 256
@@ -325,6 +374,12 @@ class ModelConfig:
     hc_eps: float = 1e-6
     num_hash_layers: int = 0
     num_nextn_predict_layers: int = 0
+    qk_norm: bool = False
+    attention_scale: float | None = None
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
+    rope_yarn: YaRNConfig | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -336,7 +391,7 @@ class ModelConfig:
         _positive("sliding_window", self.sliding_window, allow_none=True)
         _positive("sparse_top_k", self.sparse_top_k, allow_none=True)
         _one_of("attention", self.attention, ATTENTION_KINDS)
-        if self.d_model % self.n_heads:
+        if self._head_dim is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads, got n_heads={self.n_heads}")
         _positive("head_dim", self._head_dim, allow_none=True)
@@ -374,6 +429,7 @@ class ModelConfig:
                                  f"{kinds}; with attention={self.attention!r} leave it None")
         self._check_compressed_attention()
         self._validate_v4_fields()
+        self._check_checkpoint_features()
 
     def _validate_v4_fields(self) -> None:
         """Checks of DeepSeek-V4's fields (mHC, hash routing, MTP)."""
@@ -475,6 +531,32 @@ class ModelConfig:
         """Whether block ``layer`` is CSA (overlap + indexer) rather than HCA or window-only."""
         return self.layer_compress_ratio(layer) == self.csa_compress_ratio
 
+    def _check_checkpoint_features(self):
+        """Validate the fields that published checkpoints need (see the class docstring)."""
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.attention_scale is not None and (
+                isinstance(self.attention_scale, bool)
+                or not isinstance(self.attention_scale, (int, float)) or not self.attention_scale > 0):
+            raise ValueError(
+                f"attention_scale must be a number > 0, or None for 1/sqrt(head_dim), "
+                f"got {self.attention_scale!r}")
+        if self.rope_yarn is not None:
+            if not isinstance(self.rope_yarn, YaRNConfig):
+                raise ValueError(f"rope_yarn must be a YaRNConfig or None, "
+                                 f"got {type(self.rope_yarn).__name__}")
+            if self.attention != "mla":
+                raise ValueError(f"rope_yarn is only implemented for attention 'mla', "
+                                 f"got attention={self.attention!r}")
+        for name, default in (("qk_norm", False), ("attention_scale", None)):
+            if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
+                raise ValueError(f"{name}={getattr(self, name)!r} is only implemented for "
+                                 f"attention 'gqa' or 'sliding', got attention={self.attention!r}")
+
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
@@ -516,4 +598,6 @@ class ModelConfig:
             d["moe"] = MoEConfig(**moe)
         if isinstance(d.get("compress_ratios"), list):
             d["compress_ratios"] = tuple(d["compress_ratios"])
+        if isinstance(d.get("rope_yarn"), dict):
+            d["rope_yarn"] = YaRNConfig(**d["rope_yarn"])
         return cls(**d)

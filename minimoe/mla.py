@@ -42,7 +42,7 @@ from .attention import NEG_INF, causal_mask, check_cache_room, poison_on_overflo
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .norm import RMSNorm
-from .rope import apply_rope, rope_angles
+from .rope import apply_rope, rope_angles, rope_angles_from_freq, yarn_inv_freq, yarn_scales
 
 
 MLA_NORM_EPS = 1e-6  # DeepSeek's RMSNorm default, used for q_norm and kv_norm
@@ -60,13 +60,14 @@ class MLACache(NamedTuple):
     pos: jax.Array
 
 
-def mla_naive(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask):
+def mla_naive(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask, scale=None):
     """MLA by up-projecting the latents to per-head keys and values (eqs. 10-11, 16-19).
 
     q_nope: [batch, q_len, n_heads, qk_nope]; q_rope: [batch, q_len, n_heads, qk_rope];
     latent: [batch, k_len, kv_lora_rank]; k_rope: [batch, k_len, qk_rope];
     w_uk: [kv_lora_rank, n_heads, qk_nope]; w_uv: [kv_lora_rank, n_heads, v_head_dim];
-    mask: [q_len, k_len]. Returns [batch, q_len, n_heads, v_head_dim].
+    mask: [q_len, k_len]. Returns [batch, q_len, n_heads, v_head_dim]. ``scale`` replaces
+    ``1/sqrt(qk_nope + qk_rope)`` when given (YaRN's corrected softmax scale).
     """
     k_nope = jnp.einsum("blc,chd->blhd", latent, w_uk)  # [batch, k_len, n_heads, qk_nope]
     v = jnp.einsum("blc,chd->blhd", latent, w_uv)  # [batch, k_len, n_heads, v_head_dim]
@@ -74,14 +75,14 @@ def mla_naive(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask):
     k_rope_h = jnp.broadcast_to(k_rope[:, :, None, :], k_rope.shape[:2] + (h, k_rope.shape[-1]))
     q = jnp.concatenate([q_nope, q_rope], axis=-1)  # [batch, q_len, n_heads, qk_nope + qk_rope]
     k = jnp.concatenate([k_nope, k_rope_h], axis=-1)  # [batch, k_len, n_heads, qk_nope + qk_rope]
-    scale = q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * scale
     scores = jnp.where(mask[None, None], scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhsl,blhd->bshd", probs, v)
 
 
-def mla_absorbed(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask):
+def mla_absorbed(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask, scale=None):
     """The same attention computed in latent space, with W_uk and W_uv absorbed.
 
     ``q_C . k_C = q_C . (c_kv W_uk) = (q_C W_uk^T) . c_kv``: each head's query is mapped into the
@@ -89,7 +90,8 @@ def mla_absorbed(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask):
     attention-weighted latent is mapped to values by W_uv afterwards (softmax weights sum over
     keys, W_uv is linear, so the order can be swapped). Same arguments and result as ``mla_naive``.
     """
-    scale = (q_nope.shape[-1] + q_rope.shape[-1]) ** -0.5
+    if scale is None:
+        scale = (q_nope.shape[-1] + q_rope.shape[-1]) ** -0.5
     q_latent = jnp.einsum("bshd,chd->bshc", q_nope, w_uk)  # [batch, q_len, n_heads, kv_lora_rank]
     scores = (jnp.einsum("bshc,blc->bhsl", q_latent, latent)
               + jnp.einsum("bshr,blr->bhsl", q_rope, k_rope)).astype(jnp.float32) * scale
@@ -123,6 +125,14 @@ class MLAttention(nnx.Module):
         self.rope_theta = cfg.rope_theta
         self.absorb = absorb
         qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        # YaRN (DeepSeek's long-context RoPE): fixed frequencies and two scale factors, kept as
+        # Python numbers; None: the plain rotation and 1/sqrt(qk)
+        self.rope_inv_freq, self.rope_cos_sin_scale, self.softmax_scale = None, 1.0, None
+        if cfg.rope_yarn is not None:
+            freq = yarn_inv_freq(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_yarn)
+            self.rope_inv_freq = tuple(float(f) for f in freq)
+            self.rope_cos_sin_scale, softmax_factor = yarn_scales(cfg.rope_yarn)
+            self.softmax_scale = qk ** -0.5 * softmax_factor
         if cfg.q_lora_rank is None:
             self.wq = nnx.Param(init_weight(rngs.params(), (d, h * qk), d))
         else:
@@ -156,7 +166,11 @@ class MLAttention(nnx.Module):
         start = jnp.zeros((), jnp.int32) if cache is None else cache.pos
         overflow = None if cache is None else check_cache_room(start, s, cache.latent.shape[1])
         q_pos = start + jnp.arange(s)  # [seq]
-        cos, sin = rope_angles(q_pos, rope, self.rope_theta)
+        if self.rope_inv_freq is None:
+            cos, sin = rope_angles(q_pos, rope, self.rope_theta)
+        else:
+            cos, sin = rope_angles_from_freq(q_pos, self.rope_inv_freq)
+            cos, sin = cos * self.rope_cos_sin_scale, sin * self.rope_cos_sin_scale
         # queries (eqs. 12-14)
         if self.q_lora_rank is None:
             q = linear(x, self.wq[...])
@@ -180,7 +194,8 @@ class MLAttention(nnx.Module):
             k_pos = jnp.arange(latent.shape[1])  # unwritten slots lie in the future: masked
         w_uk, w_uv = self._up_weights()
         attend = mla_absorbed if absorb else mla_naive
-        out = attend(q_nope, q_rope, latent, k_rope, w_uk, w_uv, causal_mask(q_pos, k_pos))
+        out = attend(q_nope, q_rope, latent, k_rope, w_uk, w_uv, causal_mask(q_pos, k_pos),
+                     self.softmax_scale)
         y = linear(out.reshape(b, s, h * self.v_head_dim), self.wo[...])
         return poison_on_overflow(y, overflow), cache
 

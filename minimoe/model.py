@@ -63,6 +63,7 @@ class Block(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         self.is_hash = cfg.is_hash_layer(layer)
+        self.residual_multiplier = cfg.residual_multiplier
         if self.is_moe:
             from .moe import MoELayer
             self.ffn = MoELayer(cfg.d_model, cfg.moe, rngs=rngs,
@@ -95,8 +96,12 @@ class Block(nnx.Module):
             f, stats = self._ffn(self.ffn_norm(y), train, key, token_ids)
             return self.hc_ffn.post(f, x, coef), cache, stats
         h, cache = self.attn(self.attn_norm(x), cache=cache)
+        if self.residual_multiplier != 1.0:  # Granite scales each branch before the residual
+            h = h * self.residual_multiplier
         x = x + h
         f, stats = self._ffn(self.ffn_norm(x), train, key, token_ids)
+        if self.residual_multiplier != 1.0:
+            f = f * self.residual_multiplier
         return x + f, cache, stats
 
 
@@ -150,6 +155,8 @@ class Transformer(nnx.Module):
         if cache is not None:
             check_decodable(self.cfg)
         x = jnp.take(self.embed[...], tokens, axis=0)  # [batch, seq, d_model]
+        if self.cfg.embedding_multiplier != 1.0:  # Granite
+            x = x * self.cfg.embedding_multiplier
         if self.hc_head is not None:
             x = expand_streams(x, self.cfg.hc_mult)  # [batch, seq, hc_mult, d_model]
         new_cache, stats = [], []
@@ -173,7 +180,10 @@ class Transformer(nnx.Module):
             x = hc_head(x)  # [..., d_model]
         x = norm(x)
         w_out = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        return linear(x, w_out).astype(jnp.float32)
+        logits = linear(x, w_out).astype(jnp.float32)
+        if self.cfg.logits_scaling != 1.0:  # Granite divides the logits
+            logits = logits / self.cfg.logits_scaling
+        return logits
 
     def init_cache(self, batch_size: int, max_len: int | None = None):
         """One empty cache per layer, able to hold ``max_len`` tokens (default max_seq_len)."""

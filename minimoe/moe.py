@@ -150,6 +150,19 @@ def check_moe_input(x: jax.Array, d_model: int) -> None:
         raise ValueError(f"an MoE layer takes x of shape [batch, seq, d_model={d_model}], got "
                          f"shape {tuple(x.shape)}" + (" (add a batch axis: x[None])"
                                                       if x.ndim == 2 else ""))
+def consecutive_overlap(expert_index) -> jax.Array:
+    """How often neighbouring tokens share experts: the mean over t of
+    ``|E_t ∩ E_{t+1}| / top_k``, where E_t is the set of experts of token t (token choice:
+    each token's ``top_k`` experts are distinct).
+
+    1 means every token reuses its predecessor's experts, 0 that it never does; a router that
+    picked experts uniformly at random would give ``top_k / n_experts``.
+
+    expert_index: [seq, top_k], the tokens of ONE sequence in order -> scalar float32.
+    """
+    idx = jnp.asarray(expert_index)
+    shared = (idx[1:, :, None] == idx[:-1, None, :]).any(axis=-1)  # [seq-1, top_k]
+    return jnp.mean(shared.sum(axis=-1) / idx.shape[1])
 
 
 class MoELayer(nnx.Module):

@@ -20,8 +20,11 @@ are trained, but a checkpoint only works with the layout it was trained with:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def rope_angles(positions: jax.Array, dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
@@ -48,3 +51,54 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, interleaved: bool =
         a, b = x[..., :half], x[..., half:]  # [batch, seq, heads, dim/2]
         out = jnp.concatenate([a * c - b * s, a * s + b * c], axis=-1)
     return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# YaRN scaling (DeepSeek-V2/V3's long-context RoPE)
+# ----------------------------------------------------------------------------------------
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature term ``0.1 * mscale * ln(factor) + 1`` (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_inv_freq(dim: int, theta: float, yarn) -> np.ndarray:
+    """[dim/2] rotation frequencies under YaRN (Peng et al. 2023, §3.2 "NTK-by-parts").
+
+    Frequency i makes ``r_i = L * theta**(-2i/dim) / (2 pi)`` rotations over the pre-training
+    context ``L``. Frequencies that rotate often (fast, r > beta_fast) are kept; those that
+    rotate rarely (r < beta_slow) are divided by ``factor`` (interpolated); in between, a linear
+    ramp over the channel index mixes the two. The ramp's ends are the (fractional) channel
+    indices where ``r = beta_fast`` and ``r = beta_slow``, rounded outwards.
+    ``yarn``: a ``YaRNConfig``.
+    """
+    half = np.arange(0, dim, 2, dtype=np.float64) / dim
+    extrapolated = theta ** -half  # [dim/2], the plain RoPE frequencies
+    interpolated = extrapolated / yarn.factor
+
+    def channel(rotations):  # the channel index where frequency i makes `rotations` turns over L
+        return dim * math.log(yarn.original_max_position_embeddings / (rotations * 2 * math.pi)) \
+            / (2 * math.log(theta))
+
+    low = max(math.floor(channel(yarn.beta_fast)), 0)
+    high = min(math.ceil(channel(yarn.beta_slow)), dim - 1)
+    high = high + 0.001 if high == low else high
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0.0, 1.0)  # 0: keep, 1: interpolate
+    return (interpolated * ramp + extrapolated * (1 - ramp)).astype(np.float32)
+
+
+def yarn_scales(yarn) -> tuple[float, float]:
+    """(factor on cos and sin, factor on the softmax scale) of a ``YaRNConfig``, DeepSeek's way:
+    ``m(s, mscale) / m(s, mscale_all_dim)`` and ``m(s, mscale_all_dim) ** 2`` when
+    ``mscale_all_dim`` is set, else ``m(s, 1)`` and 1."""
+    if yarn.mscale and yarn.mscale_all_dim:
+        all_dim = yarn_mscale(yarn.factor, yarn.mscale_all_dim)
+        return yarn_mscale(yarn.factor, yarn.mscale) / all_dim, all_dim ** 2
+    return yarn_mscale(yarn.factor), 1.0
+
+
+def rope_angles_from_freq(positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [len(positions), len(inv_freq)] of given rotation frequencies."""
+    angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+

@@ -296,3 +296,13 @@ def test_expert_choice_stats_name_the_strongest_expert_or_minus_one():
     np.testing.assert_array_equal(idx, best)
     assert (best == -1).sum() >= 8  # 4 experts x 2 picks cannot cover 16 tokens
     assert float(stats.dropped_fraction) == (best == -1).mean()
+
+
+def test_consecutive_overlap_against_a_loop():
+    from minimoe.moe import consecutive_overlap
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.choice(8, 3, replace=False) for _ in range(50)])  # [seq, top_k]
+    want = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(idx[:-1], idx[1:])])
+    assert np.isclose(float(consecutive_overlap(idx)), want)
+    assert float(consecutive_overlap(np.tile([[1, 4]], (5, 1)))) == 1.0
+    assert float(consecutive_overlap(np.array([[0, 1], [2, 3], [0, 1]]))) == 0.0
