@@ -405,6 +405,16 @@ def _tensor_map(cfg: ModelConfig, hf: dict, model: Transformer) -> list[tuple]:
     return entries
 
 
+def _assign(var, value) -> None:
+    """Give a variable of an abstract (``nnx.eval_shape``) model its array: ``set_value`` in
+    Flax 0.12, where ``.value`` is deprecated; ``.value`` in Flax 0.11, which has no
+    ``set_value`` (and whose ``[...] =`` cannot replace an abstract value)."""
+    if hasattr(type(var), "set_value"):
+        var.set_value(value)
+    else:
+        var.value = value
+
+
 def _mla_map(cfg: ModelConfig, a, p: str) -> list[tuple]:
     """DeepSeek-V2/V3 MLA tensors -> ``MLAttention`` (both keep DeepSeek's interleaved rope
     channels, so only the [out, in] -> [in, out] transpose is needed)."""
@@ -455,7 +465,7 @@ def load_checkpoint(path: str, *, dtype=jnp.float32, max_seq_len: int | None = N
         cfg = config_from_hf(hf, max_seq_len=max_seq_len, dispatch=dispatch)
         model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))  # shapes, no memory
         for var, source, fn in _tensor_map(cfg, hf, model):
-            expected = tuple(var.value.shape)
+            expected = tuple(var.shape)
             if isinstance(source, tuple):  # one tensor per expert, stacked on a new axis
                 _, names, each = source
                 value = np.stack([each(_read(reader, n, expected)) for n in names])
@@ -467,7 +477,7 @@ def load_checkpoint(path: str, *, dtype=jnp.float32, max_seq_len: int | None = N
                     f"tensor {name!r} in {reader.file_of(first)!r} gives shape "
                     f"{tuple(value.shape)} in minimoe's layout, expected {expected} "
                     f"(from config.json)")
-            var.value = jnp.asarray(value, jnp.float32 if value.ndim == 1 else dtype)
+            _assign(var, jnp.asarray(value, jnp.float32 if value.ndim == 1 else dtype))
         extra = [n for n in reader.unused() if not _ignored(n, cfg, hf)]
         if extra:
             raise ValueError(f"{len(extra)} tensors of the checkpoint in {path!r} have no place "

@@ -201,5 +201,5 @@ def quantize_experts(model, fmt: str = "fp4", block=None) -> QuantReport:
             stored += storage_nbytes(q)
             err2 += float(jnp.sum((wq - w).astype(jnp.float32) ** 2))
             ref2 += float(jnp.sum(w.astype(jnp.float32) ** 2))
-            param.value = wq
+            param[...] = wq
     return QuantReport(fmt, n, 4 * n, 2 * n, stored, math.sqrt(err2 / ref2))

@@ -74,7 +74,7 @@ def test_vectorised_hyper_connection_equals_per_stream_loops():
     n, d = 3, 8
     hc = HyperConnection(d, n, 7, 1e-6, 1e-6, rngs=nnx.Rngs(0))
     # larger dynamic part than the initialisation, so the test sees token-dependent mixing
-    hc.scale.value = jnp.array([0.7, -0.4, 1.3])
+    hc.scale[...] = jnp.array([0.7, -0.4, 1.3])
     w = np.asarray(jax.random.normal(jax.random.key(2), (d, d)), np.float64)
     x = jax.random.normal(jax.random.key(1), (2, 3, n, d))
     y, coef = hc.pre(x)
@@ -101,7 +101,7 @@ def test_initialised_block_starts_as_the_plain_residual_in_every_stream():
     """With scale 0 (no dynamic part) the init gives pre = 1/n, post = 1, comb ~ diagonal:
     copies of one vector stay copies."""
     hc = HyperConnection(16, 4, 20, 1e-6, 1e-6, rngs=nnx.Rngs(0))
-    hc.scale.value = jnp.zeros(3)
+    hc.scale[...] = jnp.zeros(3)
     x = expand_streams(jax.random.normal(jax.random.key(0), (3, 16)), 4)
     y, coef = hc.pre(x)
     np.testing.assert_allclose(np.asarray(coef.pre), 0.25, atol=1e-5)
