@@ -12,7 +12,7 @@ import nbformat
 FIGURES = [
     ("04_deepseek_moe.ipynb", 0, "dense_vs_moe.png"),
     ("03_routing_and_load_balancing.ipynb", 0, "load_per_expert.png"),
-    ("07_cost_analysis.ipynb", 1, "roofline.png"),
+    ("08_cost_analysis.ipynb", 1, "roofline.png"),
 ]
 
 

@@ -13,7 +13,7 @@ Two levels of detail:
 
 Everything is an idealised bound: kernels at peak, no launch overheads, perfectly balanced
 routing. How far a real system falls short is measured against published figures, never
-assumed (see notebook 07).
+assumed (see notebook 08).
 """
 
 from __future__ import annotations
