@@ -31,9 +31,20 @@ def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        merged = []  # adjacent stderr pieces are one text (a bar's updates arrive apart)
         for out in cell.get("outputs", []):
+            if (out.get("output_type") == "stream" and merged
+                    and merged[-1].get("output_type") == "stream"
+                    and merged[-1]["name"] == out["name"] == "stderr"):
+                merged[-1]["text"] += "\r" if not merged[-1]["text"].endswith("\n") else ""
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
             if out.get("output_type") == "stream":
                 out["text"] = settle(out["text"])
+        if "outputs" in cell:
+            cell["outputs"] = merged
 
 
 def main(args: list[str]) -> int:
