@@ -66,13 +66,15 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     ``experts_shared``, ``router`` and ``norms``; with DeepSeek-V4's options also
     ``hyper_connections`` (mHC's coefficient maps, in ``total`` and ``active``) and ``mtp`` (the
     multi-token-prediction module, left out of ``total`` and ``active`` as V3's and V4's
-    published sizes leave it out: a built model has ``total + mtp`` parameters).
+    published sizes leave it out: a built model has ``total + mtp`` parameters);
+    ``router_bias`` and ``mtp_router_bias`` count DeepSeek's selection-bias entries (not
+    trained parameters, so in neither ``total`` nor ``mtp``; the calculator, which counts
+    what a checkpoint stores, includes them: see ``cost.from_hf_config``).
     """
     d, n = cfg.d_model, cfg.n_layers
     n_moe = sum(cfg.is_moe_layer(i) for i in range(n))
     n_dense = n - n_moe
-    attention = (sum(_compressed_attention_params(cfg, i) for i in range(n))
-                 if cfg.attention == "compressed" else n * _attention_params(cfg))
+    attention = sum(_layer_attention_params(cfg, i) for i in range(n))
     c = {"embedding": cfg.vocab_size * d, "attention": attention,
          "norms": (2 * n + 1) * d, "ffn_dense": n_dense * 3 * d * cfg.d_ff,
          "experts_routed": 0, "experts_shared": 0, "router": 0}
@@ -90,7 +92,26 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     c["total"] = c["embedding"] + lm_head + body + c["experts_routed"]
     c["active"] = body + active_experts + (lm_head or c["embedding"])
     c["mtp"] = _mtp_params(cfg)
+    c["router_bias"] = sum(_router_bias(cfg, i) for i in range(n))
+    c["mtp_router_bias"] = _router_bias(cfg, n) if cfg.num_nextn_predict_layers else 0
     return c
+
+
+def _layer_attention_params(cfg: ModelConfig, layer: int) -> int:
+    """Attention parameters of block ``layer`` (V4's differ from layer to layer)."""
+    if cfg.attention == "compressed":
+        return _compressed_attention_params(cfg, layer)
+    return _attention_params(cfg)
+
+
+def _router_bias(cfg: ModelConfig, layer: int) -> int:
+    """Entries of DeepSeek's selection bias in block ``layer`` (``router.RouterBias``): stored
+    with the weights and counted by published sizes, but set by the balancing rule, not by
+    gradients, so left out of ``total``. Hash-routed layers have none."""
+    if not cfg.is_moe_layer(layer) or cfg.is_hash_layer(layer) \
+            or cfg.moe.router not in ("deepseek_v3", "deepseek_v4"):
+        return 0
+    return cfg.moe.n_experts
 
 
 def _hc_block_params(cfg: ModelConfig) -> int:
@@ -113,7 +134,7 @@ def _mtp_params(cfg: ModelConfig) -> int:
     if not cfg.num_nextn_predict_layers:
         return 0
     d = cfg.d_model
-    block = _attention_params(cfg) + 2 * d + _hc_block_params(cfg)
+    block = _layer_attention_params(cfg, cfg.n_layers) + 2 * d + _hc_block_params(cfg)
     if cfg.is_moe_layer(cfg.n_layers):
         m = cfg.moe
         block += 3 * d * (m.n_experts * m.d_expert + m.shared_hidden) + d * m.n_experts

@@ -6,7 +6,9 @@ module
 
 1. turns the ``config.json`` of a supported family into a ``ModelConfig``
    (``config_from_hf``; fields the family uses but minimoe does not implement are an error,
-   never silently dropped),
+   never silently dropped). DeepSeek-V4's config builds a model too, at any size, counted by
+   ``accounting.param_counts`` exactly as ``cost.from_hf_config`` counts the file (tested);
+   its checkpoints' weight names are not mapped,
 2. builds an abstract ``Transformer`` of that config (shapes only, no memory) and fills each of
    its parameters from one named tensor, reshaped from the checkpoint's layout to minimoe's
    (``load_checkpoint``).
@@ -44,8 +46,12 @@ from flax import nnx
 from .config import ModelConfig, MoEConfig, YaRNConfig
 from .model import Transformer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3_moe", "granitemoe", "deepseek_v2",
-                         "deepseek_v3")
+# Checkpoints that load_checkpoint reads (config and weights) ...
+LOADABLE_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3_moe", "granitemoe", "deepseek_v2",
+                        "deepseek_v3")
+# ... and the configs config_from_hf builds a model from (DeepSeek-V4: the architecture, at any
+# size; its weight names are not mapped).
+SUPPORTED_MODEL_TYPES = LOADABLE_MODEL_TYPES + ("deepseek_v4",)
 DEEPSEEK = ("deepseek_v2", "deepseek_v3")
 
 # A tiny random Granite-MoE checkpoint (256 byte-level token ids) shipped with the package,
@@ -73,7 +79,7 @@ def read_hf_config(path: str) -> dict:
         return json.load(f)
 
 
-def _rope(hf: dict) -> dict:
+def _rope(hf: dict, drop_rope_scaling: bool = False) -> dict:
     """RoPE settings: ``rope_theta``, and ``rope_yarn`` for DeepSeek-V2/V3's YaRN scaling.
 
     Old configs write ``rope_theta`` and ``rope_scaling``; transformers 5 writes
@@ -86,7 +92,7 @@ def _rope(hf: dict) -> dict:
     params = old if kind_of(old) != "default" else new  # a scaling named in either place counts
     kind = kind_of(params)
     theta = float(new.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    if kind == "default":
+    if kind == "default" or drop_rope_scaling:
         return dict(rope_theta=theta)
     if kind == "yarn" and hf.get("model_type") in DEEPSEEK:
         if params.get("attention_factor") is not None:
@@ -102,7 +108,9 @@ def _rope(hf: dict) -> dict:
         return dict(rope_theta=theta, rope_yarn=yarn)
     raise ValueError(f"RoPE scaling rope_type={kind!r} is not implemented in minimoe for "
                      f"model_type {hf.get('model_type')!r} (implemented: 'default', and 'yarn' for "
-                     f"{' and '.join(DEEPSEEK)})")
+                     f"{' and '.join(DEEPSEEK)}); drop_rope_scaling=True builds the model with the "
+                     f"plain rotation (same parameters, different positions past the original "
+                     f"window)")
 
 
 _MISSING = object()
@@ -129,11 +137,14 @@ def _require(hf: dict, name: str, allowed, default=None) -> None:
                          f"for model_type {hf.get('model_type')!r}; supported: {list(allowed)}")
 
 
-def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "sort") -> ModelConfig:
+def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "sort",
+                   drop_rope_scaling: bool = False) -> ModelConfig:
     """The ``ModelConfig`` of a Hugging Face ``config.json`` dict.
 
     ``max_seq_len`` bounds the KV cache (default: ``min(max_position_embeddings, 4096)``);
-    ``dispatch`` is minimoe's MoE dispatch (every dropless one computes the same output).
+    ``dispatch`` is minimoe's MoE dispatch (every dropless one computes the same output);
+    ``drop_rope_scaling`` builds a model whose RoPE scaling minimoe does not implement (e.g.
+    DeepSeek-V4's YaRN) with the plain rotation instead of refusing it.
     Supported ``model_type``: ``SUPPORTED_MODEL_TYPES``.
     """
     model_type = hf.get("model_type")
@@ -149,13 +160,15 @@ def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "so
         vocab_size=_field(hf, "vocab_size"), d_model=d_model,
         n_layers=_field(hf, "num_hidden_layers"), n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        d_ff=_field(hf, "intermediate_size"), **_rope(hf),
+        d_ff=_field(hf, "intermediate_size", "moe_intermediate_size"),
+        **_rope(hf, drop_rope_scaling),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=max_seq_len or min(hf.get("max_position_embeddings", 4096), 4096),
     )
     head_dim = hf.get("head_dim")
-    if model_type not in DEEPSEEK and head_dim and head_dim != d_model // n_heads:
+    if model_type == "deepseek_v4" or (model_type not in DEEPSEEK and head_dim
+                                       and head_dim != d_model // n_heads):
         common["head_dim"] = head_dim
     window = hf.get("sliding_window")
     if model_type in ("mistral", "mixtral") and window is not None:
@@ -166,7 +179,7 @@ def config_from_hf(hf: dict, max_seq_len: int | None = None, dispatch: str = "so
         _require(hf, "mlp_only_layers", ([],), [])
     family = {"llama": _dense, "mistral": _dense, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe,
               "granitemoe": _granitemoe, "deepseek_v2": _deepseek_v2,
-              "deepseek_v3": _deepseek_v3}[model_type]
+              "deepseek_v3": _deepseek_v3, "deepseek_v4": _deepseek_v4}[model_type]
     return ModelConfig(**common, **family(hf, dispatch))
 
 
@@ -238,6 +251,41 @@ def _deepseek_v2(hf: dict, dispatch: str) -> dict:
                n_shared_experts=hf.get("n_shared_experts") or 0,
                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)))
     return dict(moe=moe, **_mla(hf))
+
+
+def _deepseek_v4(hf: dict, dispatch: str) -> dict:
+    """DeepSeek-V4: compressed attention (one shared K=V head, sliding window, CSA on layers
+    of ratio 4 with the lightning indexer, HCA on the others), mHC, sqrt-softplus scores with
+    a selection bias, hash routing in the first ``num_hash_layers`` layers, every layer MoE,
+    clamped SwiGLU, one MTP module (``compress_ratios`` then has one more entry).
+
+    Every layer of V4 is MoE (its config has no ``intermediate_size``: ``d_ff`` is set to the
+    expert width and used by no layer). The ``tid2eid`` tables of the hash layers are drawn
+    from the seed, not read (they are part of a checkpoint's weights, which are not mapped);
+    ``quantization_config`` says how a checkpoint stores its weights, not what they compute.
+    """
+    _require(hf, "topk_method", ("noaux_tc",), "noaux_tc")
+    _require(hf, "scoring_func", ("sqrtsoftplus",), "sqrtsoftplus")
+    _require(hf, "num_key_value_heads", (1,), 1)
+    _require(hf, "n_group", (None, 1))  # V4 has no group-limited routing
+    moe = _moe(hf, dispatch, "moe_intermediate_size", router="deepseek_v4",
+               n_shared_experts=hf.get("n_shared_experts") or 0,
+               renormalize=bool(hf.get("norm_topk_prob", True)),
+               routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+               swiglu_limit=float(hf.get("swiglu_limit") or 0.0))
+    return dict(
+        moe=moe, attention="compressed",
+        qk_rope_head_dim=_field(hf, "qk_rope_head_dim"), q_lora_rank=_field(hf, "q_lora_rank"),
+        o_groups=_field(hf, "o_groups"), o_lora_rank=_field(hf, "o_lora_rank"),
+        sliding_window=_field(hf, "sliding_window"),
+        compress_ratios=tuple(_field(hf, "compress_ratios")), csa_compress_ratio=4,
+        compress_rope_theta=float(hf.get("compress_rope_theta", 160000.0)),
+        index_n_heads=_field(hf, "index_n_heads"), index_head_dim=_field(hf, "index_head_dim"),
+        index_topk=_field(hf, "index_topk"), hc_mult=_field(hf, "hc_mult", default=1),
+        hc_sinkhorn_iters=_field(hf, "hc_sinkhorn_iters", default=20),
+        hc_eps=float(_field(hf, "hc_eps", default=1e-6)),
+        num_hash_layers=_field(hf, "num_hash_layers", default=0),
+        num_nextn_predict_layers=_field(hf, "num_nextn_predict_layers", default=0))
 
 
 def _mla(hf: dict) -> dict:
@@ -458,6 +506,12 @@ def load_checkpoint(path: str, *, dtype=jnp.float32, max_seq_len: int | None = N
     wrong shape, or one left unused, each naming the tensor, the expected shape and the file.
     """
     hf = read_hf_config(path)
+    if hf.get("model_type") not in LOADABLE_MODEL_TYPES:
+        raise ValueError(f"load_checkpoint reads model_type {list(LOADABLE_MODEL_TYPES)}, got "
+                         f"{hf.get('model_type')!r}" + (
+                             " (its config builds a model with config_from_hf; its weight "
+                             "names are not mapped)" if hf.get("model_type") in
+                             SUPPORTED_MODEL_TYPES else ""))
     reader = SafetensorsReader(path)
     if "tie_word_embeddings" not in hf:  # families differ in the default: ask the weights
         hf = {**hf, "tie_word_embeddings": "lm_head.weight" not in reader}

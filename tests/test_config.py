@@ -27,6 +27,13 @@ from minimoe.config import ModelConfig, MoEConfig
                                             r"\['sparse'\]; with attention='mla'"),
     (dict(q_lora_rank=8), r"q_lora_rank=8 is used only by attention \['mla', 'compressed'\]"),
     (dict(attention="sparse", sparse_top_k=4, sliding_window=8), r"sliding_window=8"),
+    # DeepSeek-V4's fields
+    (dict(hc_mult=0), r"hc_mult must be a positive integer, got 0"),
+    (dict(num_hash_layers=1), r"num_hash_layers must be an integer in \[0, number of MoE layers = 0\]"),
+    (dict(moe=MoEConfig(router="deepseek_v4"), num_hash_layers=5),
+     r"num_hash_layers must be an integer in \[0, number of MoE layers = 4\], got 5"),
+    (dict(moe=MoEConfig(), num_hash_layers=1), r"router must be 'deepseek_v3' or 'deepseek_v4'"),
+    (dict(num_nextn_predict_layers=2), r"num_nextn_predict_layers must be 0 or 1"),
 ])
 def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
