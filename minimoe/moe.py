@@ -122,8 +122,9 @@ def expert_choice_stats(routing: ExpertChoiceOutput, times_picked: jax.Array,
 
 
 def balance_metrics(load) -> dict:
-    """How even a load is: ``max_over_mean`` (1 = perfect; n_experts = everything on one
-    expert) and the coefficient of variation ``cv`` = std / mean (0 = perfect)."""
+    """How even a load is: ``max_over_mean`` (1 = perfect; its ceiling is n_experts / top_k,
+    one expert in every token's top-k, since a token's k choices are distinct experts) and the
+    coefficient of variation ``cv`` = std / mean (0 = perfect)."""
     load = jnp.asarray(load, jnp.float32)
     mean = jnp.mean(load)
     return {"max_over_mean": float(jnp.max(load) / mean), "cv": float(jnp.std(load) / mean)}
