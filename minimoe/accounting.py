@@ -16,6 +16,7 @@ import jax
 from flax import nnx
 
 from .config import ModelConfig
+from .router import DEEPSEEK_SCORES
 
 
 def _attention_params(cfg: ModelConfig) -> int:
@@ -109,7 +110,7 @@ def _router_bias(cfg: ModelConfig, layer: int) -> int:
     with the weights and counted by published sizes, but set by the balancing rule, not by
     gradients, so left out of ``total``. Hash-routed layers have none."""
     if not cfg.is_moe_layer(layer) or cfg.is_hash_layer(layer) \
-            or cfg.moe.router not in ("deepseek_v3", "deepseek_v4"):
+            or cfg.moe.router not in DEEPSEEK_SCORES:
         return 0
     return cfg.moe.n_experts
 

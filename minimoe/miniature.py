@@ -24,11 +24,20 @@ model from it and ``cost.from_hf_config`` counts it, by the same code as the ful
 from __future__ import annotations
 
 import copy
+import time
 
 import jax.numpy as jnp
+from flax import nnx
 
+from .accounting import param_counts
+from .checkpoints import config_from_hf
 from .config import ModelConfig
-from .train import TrainConfig
+from .cost import load_model_config
+from .data import CorpusConfig, eval_batches, generate_documents
+from .model import Transformer
+from .mtp import mtp_inputs
+from .quant import quantize_experts
+from .train import TrainConfig, Trainer, answer_metrics
 
 MINI_V4_SIZES = {
     "vocab_size": 256,              # the course's byte tokenizer
@@ -117,9 +126,6 @@ QUANT_BLOCKS = {"fp8": (32, 32), "fp4": (32, 1)}
 
 def v4_mini_config(name: str = "DeepSeek-V4-Flash") -> ModelConfig:
     """The model of ``shrink_v4_config`` applied to a shipped V4 config.json."""
-    from .checkpoints import config_from_hf
-    from .cost import load_model_config
-
     cfg = config_from_hf(shrink_v4_config(load_model_config(name)))
     return cfg.replace(moe=cfg.moe.replace(bias_update_rate=BIAS_UPDATE_RATE))
 
@@ -140,8 +146,6 @@ def v3_twin(v4: ModelConfig) -> ModelConfig:
 def dense_twin(v4: ModelConfig) -> ModelConfig:
     """A dense GQA transformer with the mini V4's width and depth and, by the choice of
     ``d_ff``, as many active parameters as it (to the nearest FFN unit)."""
-    from .accounting import param_counts
-
     base = ModelConfig(vocab_size=v4.vocab_size, d_model=v4.d_model, n_layers=v4.n_layers,
                        n_heads=v4.n_heads, n_kv_heads=1, d_ff=1, max_seq_len=v4.max_seq_len,
                        rope_theta=v4.rope_theta, norm_eps=v4.norm_eps, tie_embeddings=False)
@@ -160,8 +164,6 @@ def mtp_acceptance(model, batches) -> float:
     """How often the MTP module's draft for token t+2 equals the main model's own greedy
     choice there, teacher-forced on ``batches`` (the true text is the prefix): the share of
     drafts a speculative decoder would keep, one draft token per step."""
-    from .mtp import mtp_inputs
-
     hits = total = 0
     for b in batches:
         inputs = jnp.asarray(b.inputs)
@@ -188,16 +190,6 @@ def run_capstone(cfg: ModelConfig, tcfg: TrainConfig, train_data, val_data, *,
     the validation loss after rounding the routed experts to FP8 and to FP4
     (``quant.quantize_experts`` with ``QUANT_BLOCKS``, each from the trained weights).
     """
-    import time
-
-    from flax import nnx
-
-    from .accounting import param_counts
-    from .data import CorpusConfig, eval_batches, generate_documents
-    from .model import Transformer
-    from .quant import quantize_experts
-    from .train import Trainer, answer_metrics
-
     seed = tcfg.seed if model_seed is None else model_seed
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     trainer = Trainer(model, tcfg, train_data, val_data)

@@ -143,6 +143,6 @@ def test_run_capstone_measures_what_the_notebook_reads():
     assert [p["step"] for p in r["curve"]] == [1, 2]
     assert r["params"]["total"] == param_counts(v4_mini_config())["total"]
     assert 0 <= r["mtp_acceptance"] <= 1 and 0 <= r["recall"]["exact_match"] <= 1
-    assert abs(r["val_loss_fp8"] - r["val_loss"]) < 0.01
+    assert abs(r["val_loss_fp8"] - r["val_loss"]) < 0.01 * r["val_loss"]  # FP8 experts: < 1%
     assert r["expert_bytes_fp4"] < r["expert_bytes_fp8"]
     assert set(r["domains"]) == set(train.domain_names)
