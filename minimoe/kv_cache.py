@@ -60,8 +60,11 @@ def kv_cache_bytes(cfg: ModelConfig, context_len: int, batch: int = 1,
                    bytes_per_value: int = 4) -> int:
     """Bytes of the whole model's cache for ``batch`` sequences of ``context_len`` tokens.
 
-    Equals ``cache_nbytes(model.init_cache(batch, context_len))`` at matching precision.
+    Equals ``cache_nbytes(model.init_cache(batch, context_len))`` at matching precision;
+    ``attention='compressed'`` is counted by ``compressed_kv_cache_bytes``.
     """
+    if cfg.attention == "compressed":
+        return compressed_kv_cache_bytes(cfg, context_len, batch, bytes_per_value)
     return batch * cache_slots(cfg, context_len) * kv_bytes_per_token(cfg, bytes_per_value)
 
 

@@ -178,20 +178,19 @@ def mtp_acceptance(model, batches) -> float:
 
 
 def run_capstone(cfg: ModelConfig, tcfg: TrainConfig, train_data, val_data, *,
-                 model_seed: int | None = None, quantize: bool = False,
-                 progress: bool = False) -> dict:
-    """Train ``cfg`` with ``tcfg`` on the course corpus and measure it.
+                 quantize: bool = False, progress: bool = False) -> dict:
+    """Train ``cfg`` with ``tcfg`` on the course corpus (model and batches seeded by
+    ``tcfg.seed``) and measure it.
 
-    Returns plain numbers: ``val_loss`` and per-domain ``val_loss/<domain>`` at every
-    evaluation (``curve``) and at the end, ``recall`` (exact match and answer loss on 256
+    Returns plain numbers: the final ``val_loss`` and its per-domain values (``domains``),
+    the validation loss at every evaluation (``curve``), ``recall`` (exact match and answer loss on 256
     recall documents: a key found by content up to 50 tokens back, beyond the 16-token
     window of the mini V4), ``ms_per_step`` (after the first, compiling, step), parameter
     counts, and for a model with an MTP module ``mtp_acceptance``. With ``quantize`` also
     the validation loss after rounding the routed experts to FP8 and to FP4
     (``quant.quantize_experts`` with ``QUANT_BLOCKS``, each from the trained weights).
     """
-    seed = tcfg.seed if model_seed is None else model_seed
-    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    model = Transformer(cfg, rngs=nnx.Rngs(tcfg.seed))
     trainer = Trainer(model, tcfg, train_data, val_data)
     t0 = time.perf_counter()
     trainer.run(1, progress=progress)

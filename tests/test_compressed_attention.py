@@ -243,6 +243,7 @@ def test_cache_arrays_have_the_bytes_of_the_formula():
     for n in (4, 16, 32):
         cache = model.init_cache(2, n)
         assert kv_cache.cache_nbytes(cache) == kv_cache.compressed_kv_cache_bytes(CFG, n, batch=2)
+        assert kv_cache.kv_cache_bytes(CFG, n, batch=2) == kv_cache.cache_nbytes(cache)
     # the per-token slope of each layer, measured on the arrays between two lengths
     for b in model.blocks:
         m = b.attn
