@@ -16,7 +16,9 @@ Every figure is also put next to a plain matmul timed in the same run (``matmul_
 *achieved* GFLOP/s count the useful work only -- 2 FLOPs per multiply-add of the weights a
 token actually uses (router included), times 3 for forward + backward -- so capacity padding
 and work a strategy wastes show up as a lower fraction. Last, ``tokens_per_s`` of a full
-training step (forward, backward, AdamW) of a small MoE language model.
+training step (forward, backward, AdamW) of a small MoE language model against its dense
+twin, where the sort layer's time goes (each piece timed alone: ``breakdown_calls``), and the
+speed targets (``TARGETS``) with the measured value and whether it meets them.
 
     python -m minimoe.bench                       # table; 3-10 minutes on a 2-core CPU
     python -m minimoe.bench --json bench.json     # the same figures as JSON
@@ -52,7 +54,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.dispatch import DROPLESS_STRATEGIES, STRATEGIES, compute_capacity
+from minimoe.dispatch import (DROPLESS_STRATEGIES, STRATEGIES, buffer_maps, compute_capacity,
+                              from_buffers, sort_assignments, to_buffers)
+from minimoe.experts import expert_ffn
 from minimoe.ffn import SwiGLU
 from minimoe.moe import MoELayer
 
@@ -89,6 +93,7 @@ class BenchConfig:
     train_model: ModelConfig = TRAIN_MODEL
     train_batch: int = 32
     train_seq: int = 128
+    breakdown: bool = True  # time the sort layer's pieces too (breakdown_calls)
 
     def __post_init__(self):
         if self.tokens % self.seq_len:
@@ -218,13 +223,6 @@ def layer_call(module: nnx.Module, x: jax.Array, g: jax.Array) -> tuple[Callable
     return step, (params, x, g)
 
 
-def time_layer(module: nnx.Module, x: jax.Array, g: jax.Array, *, repeats: int = 10,
-               budget_s: float = float("inf")) -> Timing:
-    """Median time of one forward + backward of ``module`` on ``x`` (see ``layer_step``)."""
-    step, args = layer_call(module, x, g)
-    return time_call(step, *args, repeats=repeats, budget_s=budget_s)
-
-
 def layer_output(module: nnx.Module, x: jax.Array) -> jax.Array:
     """The layer's output ``y`` for ``x`` (jitted), e.g. to check strategies agree."""
     y = nnx.jit(lambda m, x: m(x))(module, x)
@@ -313,6 +311,114 @@ def total_params(cfg: BenchConfig, n_experts: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# Where the MoE layer's time goes
+# ----------------------------------------------------------------------------------------
+
+def _value_and_grad(f: Callable, argnums=(0, 1)) -> Callable:
+    return jax.jit(jax.value_and_grad(f, argnums=argnums))
+
+
+def breakdown_calls(cfg: BenchConfig, x: jax.Array, g: jax.Array) -> dict:
+    """The pieces of the ``sort`` MoE layer, each timed alone, forward + backward like the
+    layer (integer maps: forward only, they have no gradient), on the inputs the layer sees:
+
+        router          logits, scores, top-k and weights (gradient w.r.t. x and w_router);
+        sort + maps     ``sort_assignments`` and ``buffer_maps``: integers only;
+        to_buffers      the gather of the tokens into the [E * C, d] buffers;
+        routed experts  ``expert_ffn`` on the [E, C, d] buffers (capacity padding included);
+        experts at cf 1 the same at capacity factor 1.0: what the padding costs;
+        from_buffers    the gather that adds every token's k rows back up;
+        shared experts  the dense SwiGLU of the shared hidden units.
+
+    The full layer minus the pieces (without ``experts at cf 1``) is the ``rest``: dtype
+    casts, the sum of routed and shared outputs, and what XLA does differently in one fused
+    program (it can be negative on tiny workloads, where each piece alone pays a call's
+    fixed overhead).
+    """
+    layer = make_moe(cfg, "sort")
+    tokens = x.reshape(-1, cfg.d_model)  # [T, d]
+    g_tokens = g.reshape(-1, cfg.d_model)  # [T, d]
+    T, E, k = tokens.shape[0], cfg.n_experts, cfg.top_k
+    capacity = compute_capacity(T, k, E, cfg.capacity_factor)
+    routing = nnx.jit(lambda m, t: m.router(t, train=True))(layer, tokens)
+    g_weights = jax.random.normal(jax.random.key(2), routing.expert_weights.shape)
+
+    router_def, router_params, router_rest = nnx.split(layer.router, nnx.Param, ...)
+
+    def router_loss(params, t):
+        r = nnx.merge(router_def, router_params, router_rest)(t, train=True)
+        return jnp.sum(r.expert_weights * g_weights)
+
+    def maps(expert_index, expert_weights):
+        s = sort_assignments(expert_index, expert_weights, E)
+        return buffer_maps(s, capacity, T)
+
+    slot_token, _, token_slots = jax.jit(maps)(routing.expert_index, routing.expert_weights)
+    g_buf = jax.random.normal(jax.random.key(3), (E * capacity, cfg.d_model))
+    weights = layer.experts.weights()
+
+    def experts_call(cf: float):
+        c = compute_capacity(T, k, E, cf)
+        x_buf = jax.random.normal(jax.random.key(4), (E, c, cfg.d_model))
+        g_c = jax.random.normal(jax.random.key(5), (E, c, cfg.d_model))
+        return (_value_and_grad(lambda w, xb: jnp.sum(expert_ffn(xb, *w) * g_c)),
+                (weights, x_buf))
+
+    calls = {
+        "router": (_value_and_grad(router_loss), (router_params, tokens)),
+        "sort + maps": (jax.jit(maps), (routing.expert_index, routing.expert_weights)),
+        "to_buffers": (_value_and_grad(
+            lambda t: jnp.sum(to_buffers(t, slot_token, token_slots) * g_buf), 0), (tokens,)),
+        "routed experts": experts_call(cfg.capacity_factor),
+        "experts at cf 1": experts_call(1.0),
+        "from_buffers": (_value_and_grad(
+            lambda y: jnp.sum(from_buffers(y, slot_token, token_slots) * g_tokens), 0),
+            (g_buf,)),
+    }
+    if layer.shared_experts is not None:
+        calls["shared experts"] = layer_call(layer.shared_experts, x, g)
+    calls["MoE layer (sort)"] = layer_call(layer, x, g)
+    return calls
+
+
+BREAKDOWN_PARTS = ("router", "sort + maps", "to_buffers", "routed experts", "from_buffers",
+                   "shared experts")
+
+
+def moe_breakdown(times: dict[str, Timing]) -> dict[str, float]:
+    """Milliseconds of every piece of ``breakdown_calls``, plus ``rest`` = the full layer
+    minus the pieces that make it up."""
+    out = {name: t.ms for name, t in times.items() if name != "dense"}
+    out["rest"] = out["MoE layer (sort)"] - sum(out.get(p, 0.0) for p in BREAKDOWN_PARTS)
+    return out
+
+
+# The speed targets: (what, key of run_benchmark's result, target, stretch target or None).
+TARGETS = (
+    ("MoE layer / dense (best strategy)", "moe_over_dense", 1.25, 1.15),
+    ("dropless MoE layer / dense", "dropless_over_dense", 1.5, None),
+    ("time, most / fewest experts (scaling)", "expert_scaling_last", 1.3, None),
+    ("MoE LM training step / dense twin", "train_step_over_dense", 1.10, None),
+)
+
+
+def target_rows(res: dict) -> list[tuple[str, float | None, float, float | None, str]]:
+    """``(what, measured, target, stretch, verdict)`` for every target of ``TARGETS``;
+    ``measured`` is None (verdict 'not measured') where the run skipped it."""
+    rows = []
+    for what, key, target, stretch in TARGETS:
+        value = res.get(key)
+        if value is None:
+            verdict = "not measured"
+        elif stretch is not None and value <= stretch:
+            verdict = "met (stretch too)"
+        else:
+            verdict = "met" if value <= target else f"missed by {value - target:.2f}"
+        rows.append((what, value, target, stretch, verdict))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
 # The whole benchmark
 # ----------------------------------------------------------------------------------------
 
@@ -376,6 +482,12 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] =
         else:
             calls[name] = layer_call(make_moe(cfg, cfg.scaling_strategy, e), x, g)
             scaling[e] = name
+    parts = breakdown_calls(cfg, x, g) if cfg.breakdown else {}
+    part_call = {name: f"part: {name}" for name in parts}  # piece -> name of its call
+    if parts and "sort" in calls:
+        part_call["MoE layer (sort)"] = "sort"  # the same layer as above
+        del parts["MoE layer (sort)"]
+    calls.update({part_call[name]: call for name, call in parts.items()})
     t = time_many(calls, repeats=cfg.repeats, budget_s=cfg.budget_s, log=log)
 
     res["matmul_peak_gflops"] = 2 * n ** 3 / t["matmul"].median / 1e9
@@ -399,11 +511,20 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] =
     res["achieved_fraction"] = {k: v / peak for k, v in gflops.items()}
     res["repeats"] = {name: timing.runs for name, timing in t.items()}
     res["dropped_fraction"] = dropped_fractions(cfg, x)
+    if part_call:
+        res["breakdown_ms"] = moe_breakdown({name: t[c] for name, c in part_call.items()})
+        res["breakdown_capacity_factor"] = cfg.capacity_factor
 
     log("training steps of a small MoE LM and its dense twin ...")
     res["tokens_per_s"], res["dense_tokens_per_s"] = train_tokens_per_s(
         cfg.train_model, cfg.train_batch, cfg.train_seq, cfg.repeats)
     res["train_model"] = cfg.train_model.to_dict()
+    if "dropless" in res["moe_ms"]:
+        res["dropless_over_dense"] = res["moe_ms"]["dropless"] / res["dense_ms"]
+    res["expert_scaling_last"] = res["expert_scaling"][str(cfg.scaling_experts[-1])]
+    res["train_step_over_dense"] = res["dense_tokens_per_s"] / res["tokens_per_s"]
+    res["targets"] = [dict(zip(("what", "measured", "target", "stretch", "verdict"), row))
+                      for row in target_rows(res)]
     res["wall_s"] = time.perf_counter() - t_start
     return res
 
@@ -450,8 +571,23 @@ def format_table(res: dict) -> str:
         lines.append(f"{n:>8} {res['expert_scaling_params'][n]:>12,} {ms:>9.1f} "
                      f"{res['expert_scaling'][n]:>8.2f} {res['achieved_fraction'][key]:>8.0%}")
     lines += ["", f"training step, small MoE LM: {res['tokens_per_s']:,.0f} tokens/s "
-                  f"(its dense twin: {res['dense_tokens_per_s']:,.0f} tokens/s)",
-              f"benchmark wall time: {res['wall_s']:.0f} s"]
+                  f"(its dense twin: {res['dense_tokens_per_s']:,.0f} tokens/s)"]
+    if "breakdown_ms" in res:
+        b = res["breakdown_ms"]
+        lines += ["", f"where the sort layer's time goes (each piece alone, forward + backward, "
+                      f"cf {res['breakdown_capacity_factor']}):",
+                  f"{'piece':<24} {'ms':>9} {'x dense':>8}"]
+        for name in (*BREAKDOWN_PARTS, "rest", "MoE layer (sort)", "experts at cf 1"):
+            if name in b:
+                lines.append(f"{name:<24} {b[name]:>9.1f} {b[name] / res['dense_ms']:>8.2f}")
+    lines += ["", f"targets (plain matmul peak on this machine: {peak:.1f} GFLOP/s):",
+              f"{'':<40} {'measured':>9} {'target':>7} {'stretch':>8}  verdict"]
+    for t in res["targets"]:
+        measured = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+        stretch = "-" if t["stretch"] is None else f"{t['stretch']:.2f}"
+        lines.append(f"{t['what']:<40} {measured:>9} {t['target']:>7.2f} {stretch:>8}  "
+                     f"{t['verdict']}")
+    lines.append(f"benchmark wall time: {res['wall_s']:.0f} s")
     return "\n".join(lines)
 
 

@@ -245,6 +245,35 @@ def _take_rows(a: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take(a, index, axis=0, mode="fill", fill_value=0)
 
 
+def buffer_maps(s: SortedAssignments, capacity: int,
+                tokens: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The two integer tables of sort dispatch, and each buffer row's router weight.
+
+    Buffer row ``e * C + c`` holds expert e's c-th assignment: sorted assignment
+    ``group_start[e] + c`` if ``c < counts[e]``, else the row stays empty; assignments with
+    ``position >= capacity`` find no row and are dropped.
+
+    -> (slot_token [E * C]: the token in each buffer row, ``tokens`` = empty;
+        slot_weight [E * C]: its router weight, 0 when empty;
+        token_slots [T, k]: the buffer row of each of a token's assignments, ``E * C`` =
+        dropped).
+    """
+    n_experts = s.counts.shape[0]
+    # buffer -> token: which sorted assignment fills each buffer row
+    group_start = jnp.cumsum(s.counts) - s.counts  # [E]
+    slot = jnp.arange(capacity, dtype=jnp.int32)  # [C]
+    filled = (slot < s.counts[:, None]).reshape(-1)  # [E * C]
+    source = (group_start[:, None] + slot).reshape(-1)  # [E * C], into the sorted assignments
+    source = jnp.where(filled, source, 0)
+    slot_token = jnp.where(filled, s.token[source], tokens)  # [E * C], `tokens` = empty
+    slot_weight = jnp.where(filled, s.weight[source], 0.0)  # [E * C]
+    # token -> buffer: the row of every assignment, back in [T, k] order; E * C = dropped
+    row = jnp.where(s.position < capacity, s.expert * capacity + s.position,
+                    n_experts * capacity)  # [A], sorted order
+    token_slots = _token_major(jnp.zeros_like(row).at[s.order].set(row), tokens)  # [T, k]
+    return slot_token, slot_weight, token_slots
+
+
 @jax.custom_vjp
 def to_buffers(x: jax.Array, slot_token: jax.Array, token_slots: jax.Array) -> jax.Array:
     """Copy every token into the buffer rows it is assigned to: ``x_buf[j] = x[slot_token[j]]``.
@@ -298,10 +327,9 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     """Sort-based dispatch into fixed-size capacity buffers.
 
     1. ``sort_assignments``: assignments sorted by expert, with their position in the group.
-    2. Buffer row ``e * C + c`` holds expert e's c-th assignment, which is sorted assignment
-       ``group_start[e] + c`` if ``c < counts[e]`` (else the slot stays empty); assignments
-       with ``position >= capacity`` find no row and are dropped. Both directions of this map
-       are tables of integers: ``slot_token`` [E * C] and ``token_slots`` [T, k].
+    2. ``buffer_maps``: buffer row ``e * C + c`` holds expert e's c-th assignment;
+       assignments with ``position >= capacity`` find no row and are dropped. Both directions
+       of this map are tables of integers: ``slot_token`` [E * C] and ``token_slots`` [T, k].
     3. ``to_buffers`` gathers the tokens into ``x_buf [E, C, d]``.
     4. ``expert_ffn``: one batched matmul over the expert axis; each row is multiplied by its
        router weight inside the FFN (before the down projection, on the narrower array).
@@ -316,18 +344,7 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     n_experts = w_gate.shape[0]
     capacity = _resolve_capacity(capacity, tokens)
     s = sort_assignments(expert_index, expert_weights, n_experts)
-    # buffer -> token: which sorted assignment fills each buffer row
-    group_start = jnp.cumsum(s.counts) - s.counts  # [E]
-    slot = jnp.arange(capacity, dtype=jnp.int32)  # [C]
-    filled = (slot < s.counts[:, None]).reshape(-1)  # [E * C]
-    source = (group_start[:, None] + slot).reshape(-1)  # [E * C], into the sorted assignments
-    source = jnp.where(filled, source, 0)
-    slot_token = jnp.where(filled, s.token[source], tokens)  # [E * C], `tokens` = empty
-    slot_weight = jnp.where(filled, s.weight[source], 0.0)  # [E * C]
-    # token -> buffer: the row of every assignment, back in [T, k] order; E * C = dropped
-    row = jnp.where(s.position < capacity, s.expert * capacity + s.position,
-                    n_experts * capacity)  # [A], sorted order
-    token_slots = _token_major(jnp.zeros_like(row).at[s.order].set(row), tokens)  # [T, k]
+    slot_token, slot_weight, token_slots = buffer_maps(s, capacity, tokens)
 
     x_buf = to_buffers(x, slot_token, token_slots).reshape(n_experts, capacity, d_model)
     y_buf = expert_ffn(x_buf, w_gate, w_up, w_down,

@@ -41,8 +41,39 @@ def test_benchmark_figures_have_the_promised_keys(tmp_path):
     assert {"dense", "sort", "onehot", "sort@4", "sort@8"} <= set(res["achieved_fraction"])
     assert all(v > 0 for v in res["achieved_fraction"].values())
     assert res["tokens_per_s"] > 0 and res["matmul_peak_gflops"] > 0
+    b = res["breakdown_ms"]
+    assert set(bench.BREAKDOWN_PARTS) <= set(b) and "experts at cf 1" in b
+    assert b["MoE layer (sort)"] == pytest.approx(res["moe_ms"]["sort"])  # the same call
+    assert b["rest"] == pytest.approx(
+        b["MoE layer (sort)"] - sum(b[p] for p in bench.BREAKDOWN_PARTS))
+    assert [t["what"] for t in res["targets"]] == [t[0] for t in bench.TARGETS]
+    by_key = {key: row for (_, key, _, _), row in zip(bench.TARGETS, res["targets"])}
+    assert by_key["moe_over_dense"]["measured"] == res["moe_over_dense"]
+    assert by_key["dropless_over_dense"]["verdict"] == "not measured"  # TINY: sort, onehot
+    assert by_key["train_step_over_dense"]["measured"] == pytest.approx(
+        res["dense_tokens_per_s"] / res["tokens_per_s"])
+    assert res["expert_scaling_last"] == res["expert_scaling"]["8"]
     json.dumps(res)  # JSON-ready
-    assert "MoE sort" in bench.format_table(res)
+    table = bench.format_table(res)
+    assert "MoE sort" in table and "targets" in table and "from_buffers" in table
+
+
+def test_target_verdicts():
+    res = {"moe_over_dense": 1.10, "dropless_over_dense": 1.5, "expert_scaling_last": 1.42}
+    verdicts = {key: row[4] for (_, key, _, _), row in zip(bench.TARGETS,
+                                                           bench.target_rows(res))}
+    assert verdicts == {"moe_over_dense": "met (stretch too)", "dropless_over_dense": "met",
+                        "expert_scaling_last": "missed by 0.12",
+                        "train_step_over_dense": "not measured"}
+    res["moe_over_dense"] = 1.2
+    assert bench.target_rows(res)[0][4] == "met"
+
+
+def test_the_layer_without_breakdown_times_no_pieces():
+    res = bench.run_benchmark(TINY.replace(breakdown=False, strategies=("sort",)),
+                              log=lambda m: None)
+    assert "breakdown_ms" not in res
+    assert not any(name.startswith("part: ") for name in res["repeats"])
 
 
 def test_a_strategy_too_big_for_memory_is_skipped_not_run():
