@@ -18,6 +18,8 @@ from nbclient.exceptions import CellExecutionError
 
 import runtimes
 
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
 
 def settle(text: str) -> str:
     """A stream's text as a terminal shows it: each line's last carriage-return overwrite
@@ -27,7 +29,9 @@ def settle(text: str) -> str:
 
 def clean(nb) -> None:
     nb.metadata.pop("widgets", None)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    # the kernelspec ipykernel installs: JupyterLab rewrites any other one when it opens the
+    # notebook, and the notebook shows as modified before the learner has touched it
+    nb.metadata["kernelspec"] = KERNELSPEC
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
