@@ -346,7 +346,7 @@ def breakdown_calls(cfg: BenchConfig, x: jax.Array, g: jax.Array) -> dict:
     router_def, router_params, router_rest = nnx.split(layer.router, nnx.Param, ...)
 
     def router_loss(params, t):
-        r = nnx.merge(router_def, router_params, router_rest)(t, train=True)
+        r = nnx.merge(router_def, params, router_rest)(t, train=True)
         return jnp.sum(r.expert_weights * g_weights)
 
     def maps(expert_index, expert_weights):
