@@ -61,7 +61,3 @@ class Experts(nnx.Module):
     def weights(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(w_gate, w_up, w_down)`` as arrays, ready for ``dispatch``."""
         return self.w_gate[...], self.w_up[...], self.w_down[...]
-
-    def __call__(self, x_buf: jax.Array) -> jax.Array:
-        """x_buf: [n_experts, capacity, d_model] -> [n_experts, capacity, d_model]."""
-        return expert_ffn(x_buf, *self.weights())

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from minimoe.config import MoEConfig
-from minimoe.dispatch import compute_capacity, dispatch
+from minimoe.dispatch import DispatchResult, compute_capacity, dispatch
 from minimoe.experts import Experts, expert_ffn
 from minimoe.ffn import SwiGLU
 from minimoe.router import (ExpertChoiceOutput, Router, RouterOutput, router_z_loss,
@@ -215,18 +215,13 @@ class MoELayer(nnx.Module):
         tokens = x.reshape(batch * seq, d_model)  # [T, d]
         ids = None if token_ids is None else token_ids.reshape(batch * seq)  # [T]
         routing = self.router(tokens, train=train, rngs=rngs, token_ids=ids)
-        w_gate, w_up, w_down = self.experts.weights()
         if isinstance(routing, ExpertChoiceOutput):
             routed, times_picked = expert_choice_ffn(tokens, routing.token_index,
-                                                     routing.weights, w_gate, w_up, w_down,
+                                                     routing.weights, *self.experts.weights(),
                                                      cfg.swiglu_limit or None)
             stats = expert_choice_stats(routing, times_picked, cfg)
         else:
-            capacity = compute_capacity(batch * seq, cfg.top_k, cfg.n_experts,
-                                        cfg.capacity_factor) if train else None
-            result = dispatch(cfg.dispatch, tokens, routing.expert_index,
-                              routing.expert_weights, w_gate, w_up, w_down, capacity=capacity,
-                              swiglu_limit=cfg.swiglu_limit or None)
+            result = self.dispatch_routed(tokens, routing, train=train)
             routed = result.output
             stats = token_choice_stats(routing, result.kept, result.tokens_per_expert, cfg,
                                        batch, seq)
@@ -234,6 +229,23 @@ class MoELayer(nnx.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(tokens)
         return y.astype(x.dtype).reshape(batch, seq, d_model), stats
+
+    def dispatch_routed(self, tokens: jax.Array, routing: RouterOutput, *,
+                        train: bool) -> DispatchResult:
+        """The token-choice step of ``__call__``: each token to its experts and back.
+
+        tokens: [T, d_model]; routing: the router's output (``expert_index``,
+        ``expert_weights``: [T, top_k]) -> ``DispatchResult`` (output [T, d_model], kept,
+        tokens_per_expert). ``dispatch`` with ``cfg.dispatch``; the capacity
+        (``compute_capacity``) applies in training only. Expert parallelism
+        (``parallel.ExpertParallelMoELayer``) replaces this one step.
+        """
+        cfg = self.cfg
+        capacity = compute_capacity(tokens.shape[0], cfg.top_k, cfg.n_experts,
+                                    cfg.capacity_factor) if train else None
+        return dispatch(cfg.dispatch, tokens, routing.expert_index, routing.expert_weights,
+                        *self.experts.weights(), capacity=capacity,
+                        swiglu_limit=cfg.swiglu_limit or None)
 
     def update_bias(self, load: jax.Array) -> None:
         """DeepSeek-V3 aux-loss-free balancing: nudge the router bias with this layer's

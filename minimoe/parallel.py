@@ -60,7 +60,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from minimoe.dispatch import (DispatchResult, compute_capacity, count_tokens_per_expert,
                               position_in_expert)
 from minimoe.experts import expert_ffn
-from minimoe.moe import MoELayer, MoEStats, check_moe_input, token_choice_stats
+from minimoe.moe import MoELayer, MoEStats, check_moe_input
+from minimoe.router import RouterOutput
 
 DATA = "data"
 EXPERT = "expert"
@@ -319,27 +320,25 @@ class ExpertParallelMoELayer(MoELayer):
         self.mesh = mesh
 
     def __call__(self, x: jax.Array, *, train: bool = False,
-                 rngs: nnx.Rngs | jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
-        """x: [batch, seq, d_model] -> (y [batch, seq, d_model], MoEStats)."""
-        cfg, mesh = self.cfg, self.mesh
+                 rngs: nnx.Rngs | jax.Array | None = None,
+                 token_ids: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+        """x: [batch, seq, d_model] -> (y [batch, seq, d_model], MoEStats): ``MoELayer``'s
+        forward pass, with its dispatch step (``dispatch_routed``) run over the mesh."""
         check_moe_input(x, self.d_model)
-        batch, seq, d_model = x.shape
-        if batch % mesh.size:
-            raise ValueError(f"batch={batch} must be divisible by the {mesh.size} devices of the "
-                             f"mesh (each device takes whole sequences)")
-        tokens = x.reshape(batch * seq, d_model)  # [T, d]
-        routing = self.router(tokens, train=train, rngs=rngs)
-        # as in MoELayer: capacity in training only, inference is dropless
-        capacity = device_capacity(batch * seq // mesh.size, cfg.top_k, cfg.n_experts,
+        if x.shape[0] % self.mesh.size:
+            raise ValueError(f"batch={x.shape[0]} must be divisible by the {self.mesh.size} "
+                             f"devices of the mesh (each device takes whole sequences)")
+        return super().__call__(x, train=train, rngs=rngs, token_ids=token_ids)
+
+    def dispatch_routed(self, tokens: jax.Array, routing: RouterOutput, *,
+                        train: bool) -> DispatchResult:
+        """``MoELayer.dispatch_routed`` over the mesh: ``expert_parallel_dispatch``, each
+        device's capacity from its own tokens (``device_capacity``), in training only."""
+        cfg, mesh = self.cfg, self.mesh
+        capacity = device_capacity(tokens.shape[0] // mesh.size, cfg.top_k, cfg.n_experts,
                                    cfg.capacity_factor if train else None)
-        result = expert_parallel_dispatch(tokens, routing.expert_index, routing.expert_weights,
-                                          *self.experts.weights(), mesh=mesh, capacity=capacity)
-        stats = token_choice_stats(routing, result.kept, result.tokens_per_expert, cfg,
-                                   batch, seq)
-        y = result.output  # [T, d]
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(tokens)
-        return y.astype(x.dtype).reshape(batch, seq, d_model), stats
+        return expert_parallel_dispatch(tokens, routing.expert_index, routing.expert_weights,
+                                        *self.experts.weights(), mesh=mesh, capacity=capacity)
 
 
 def per_shard_reference(layer: MoELayer, x: jax.Array, n_shards: int, train: bool = False
