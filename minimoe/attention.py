@@ -39,6 +39,22 @@ from .rope import apply_rope, rope_angles
 NEG_INF = -1e30  # large negative instead of -inf: a fully masked row stays finite
 
 
+def masked_softmax(scores: jax.Array, mask: jax.Array, sink: jax.Array | None = None) -> jax.Array:
+    """Attention probabilities: ``softmax`` over the last axis of ``scores`` where ``mask`` is
+    True (broadcast against ``scores``), 0 where it is False (a row with no visible key stays
+    finite: uniform, or all on the sink).
+
+    ``sink`` (optional, broadcast to ``scores.shape[:-1]``): one more logit per row with no
+    value behind it (an attention sink), ``p = softmax([s ; sink])[:-1]``, so a row's
+    probabilities may sum to less than 1. Every attention variant of the package ends here.
+    """
+    scores = jnp.where(mask, scores, NEG_INF)
+    if sink is None:
+        return jax.nn.softmax(scores, axis=-1)
+    sink_col = jnp.broadcast_to(sink, scores.shape[:-1])[..., None].astype(scores.dtype)
+    return jax.nn.softmax(jnp.concatenate([scores, sink_col], axis=-1), axis=-1)[..., :-1]
+
+
 class KVCache(NamedTuple):
     """Keys and values of the tokens seen so far.
 
@@ -75,6 +91,14 @@ def ring_positions(pos: jax.Array, slots: int) -> jax.Array:
     i = jnp.arange(slots)
     p = pos - 1 - jnp.mod(pos - 1 - i, slots)
     return jnp.where(p >= 0, p, -1)
+
+
+def cache_write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write ``new`` [batch, seq, ...] into the cache ``buf`` [batch, slots, ...] at slots
+    ``start .. start+seq-1`` (cast to the cache's dtype). ``check_cache_room`` has made sure
+    they exist: ``dynamic_update_slice`` would clamp an index past the end."""
+    return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
+                                        (0, start) + (0,) * (buf.ndim - 2))
 
 
 def ring_write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
@@ -160,8 +184,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
         k = jnp.repeat(k, group, axis=2)  # [batch, k_len, n_heads, head_dim]
         v = jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * scale
-    scores = jnp.where(mask, scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = masked_softmax(scores, mask).astype(v.dtype)  # [batch, n_heads, q_len, k_len]
     return jnp.einsum("bhsl,blhd->bshd", probs, v)  # [batch, q_len, n_heads, head_dim]
 
 
@@ -222,8 +245,7 @@ class Attention(nnx.Module):
         if cache is None:
             k_pos = q_pos
         elif self.window is None:  # write the new keys/values at cache.pos, attend over the buffer
-            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
+            k, v = cache_write(cache.k, k, start), cache_write(cache.v, v, start)
             cache = KVCache(k, v, start + s)
             k_pos = jnp.arange(k.shape[1])  # unwritten slots lie in the future: masked
         else:  # ring buffer: attend over [ring (older tokens); this chunk], keep the last slots

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, causal_mask, ring_positions, ring_write
+from .attention import NEG_INF, causal_mask, masked_softmax, ring_positions, ring_write
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .norm import RMSNorm, rms_norm
@@ -207,13 +207,11 @@ def attention_with_sink(q: jax.Array, kv: jax.Array, mask: jax.Array, sink: jax.
     keys and the sink, whose share of the probability multiplies no value: a head may attend
     to nothing. Returns [batch, q_len, n_heads, head_dim].
     """
-    b, s, h, d = q.shape
+    d = q.shape[-1]
     scores = jnp.einsum("bshd,bkd->bhsk", q, kv).astype(jnp.float32) * d ** -0.5
     if bias is not None:
         scores = scores + bias[:, None]
-    scores = jnp.where(mask[:, None], scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
-    sink_col = jnp.broadcast_to(sink.astype(jnp.float32)[None, :, None, None], (b, h, s, 1))
-    probs = jax.nn.softmax(jnp.concatenate([scores, sink_col], axis=-1), axis=-1)[..., :-1]
+    probs = masked_softmax(scores, mask[:, None], sink[None, :, None])  # [batch, heads, q, k]
     return jnp.einsum("bhsk,bkd->bshd", probs.astype(kv.dtype), kv)
 
 

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, causal_mask, check_cache_room, poison_on_overflow
+from .attention import (cache_write, causal_mask, check_cache_room, masked_softmax,
+                        poison_on_overflow)
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .norm import RMSNorm
@@ -77,8 +78,7 @@ def mla_naive(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask, scale=None):
     k = jnp.concatenate([k_nope, k_rope_h], axis=-1)  # [batch, k_len, n_heads, qk_nope + qk_rope]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = jnp.einsum("bshd,blhd->bhsl", q, k).astype(jnp.float32) * scale
-    scores = jnp.where(mask[None, None], scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = masked_softmax(scores, mask[None, None]).astype(v.dtype)  # [batch, heads, q, k]
     return jnp.einsum("bhsl,blhd->bshd", probs, v)
 
 
@@ -95,8 +95,7 @@ def mla_absorbed(q_nope, q_rope, latent, k_rope, w_uk, w_uv, mask, scale=None):
     q_latent = jnp.einsum("bshd,chd->bshc", q_nope, w_uk)  # [batch, q_len, n_heads, kv_lora_rank]
     scores = (jnp.einsum("bshc,blc->bhsl", q_latent, latent)
               + jnp.einsum("bshr,blr->bhsl", q_rope, k_rope)).astype(jnp.float32) * scale
-    scores = jnp.where(mask[None, None], scores, NEG_INF)  # [batch, n_heads, q_len, k_len]
-    probs = jax.nn.softmax(scores, axis=-1).astype(latent.dtype)
+    probs = masked_softmax(scores, mask[None, None]).astype(latent.dtype)  # [batch, heads, q, k]
     out_latent = jnp.einsum("bhsl,blc->bshc", probs, latent)  # [batch, q_len, n_heads, kv_lora]
     return jnp.einsum("bshc,chd->bshd", out_latent, w_uv)  # [batch, q_len, n_heads, v_head_dim]
 
@@ -186,10 +185,8 @@ class MLAttention(nnx.Module):
         if cache is None:
             k_pos = q_pos
         else:
-            latent = jax.lax.dynamic_update_slice(
-                cache.latent, latent.astype(cache.latent.dtype), (0, start, 0))
-            k_rope = jax.lax.dynamic_update_slice(
-                cache.k_rope, k_rope.astype(cache.k_rope.dtype), (0, start, 0))
+            latent = cache_write(cache.latent, latent, start)
+            k_rope = cache_write(cache.k_rope, k_rope, start)
             cache = MLACache(latent, k_rope, start + s)
             k_pos = jnp.arange(latent.shape[1])  # unwritten slots lie in the future: masked
         w_uk, w_uv = self._up_weights()

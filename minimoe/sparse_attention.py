@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, Attention, causal_mask, check_cache_room, poison_on_overflow
+from .attention import (NEG_INF, Attention, cache_write, causal_mask, check_cache_room,
+                        masked_softmax, poison_on_overflow)
 from .config import ModelConfig
 from .ffn import init_weight, linear
 from .rope import apply_rope, rope_angles
@@ -114,8 +115,7 @@ def sparse_grouped_attention(q, k, v, idx, valid, bias=None):
     scores = jnp.einsum("bskgd,bsjkd->bkgsj", q, k_sel).astype(jnp.float32) * d ** -0.5
     if bias is not None:
         scores = scores + bias[:, None, None]
-    scores = jnp.where(valid[:, None, None], scores, NEG_INF)  # [batch, n_kv, group, q_len, top_k]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = masked_softmax(scores, valid[:, None, None]).astype(v.dtype)  # [b, n_kv, group, q, top_k]
     out = jnp.einsum("bkgsj,bsjkd->bskgd", probs, v_sel)
     return out.reshape(b, s, h, d)
 
@@ -165,10 +165,8 @@ class SparseAttention(Attention):
         if cache is None:
             k_pos = q_pos
         else:  # write at cache.pos, score and attend over the whole buffer
-            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, start, 0, 0))
-            k_idx = jax.lax.dynamic_update_slice(
-                cache.index_k, k_idx.astype(cache.index_k.dtype), (0, start, 0))
+            k, v = cache_write(cache.k, k, start), cache_write(cache.v, v, start)
+            k_idx = cache_write(cache.index_k, k_idx, start)
             cache = SparseKVCache(k, v, k_idx, start + s)
             k_pos = jnp.arange(k.shape[1])  # unwritten slots lie in the future: masked
         mask = causal_mask(q_pos, k_pos)  # [seq, keys]

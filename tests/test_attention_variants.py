@@ -280,3 +280,47 @@ def test_param_counts_match_built_attention(name):
     cfg = VARIANTS[name][0]
     per_layer = param_counts(cfg.replace(n_layers=1))["attention"]
     assert count_params(_build(name)) == per_layer
+
+
+def test_masked_softmax_against_an_explicit_loop():
+    """Every attention variant's probabilities: masked keys get exactly 0, each row is a softmax
+    over its visible keys alone, and a sink takes its share without a value behind it."""
+    from minimoe.attention import masked_softmax
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 3, 5)).astype(np.float32) * 3
+    mask = rng.random((2, 3, 5)) < 0.6
+    mask[0, 0] = False  # a row with nothing visible stays finite
+    sink = rng.normal(size=(2, 3)).astype(np.float32)
+    plain = np.asarray(masked_softmax(jnp.asarray(scores), jnp.asarray(mask)))
+    sunk = np.asarray(masked_softmax(jnp.asarray(scores), jnp.asarray(mask), jnp.asarray(sink)))
+    assert np.isfinite(plain).all() and np.isfinite(sunk).all()
+    for i, j in np.ndindex(2, 3):
+        visible = scores[i, j][mask[i, j]]
+        for probs, extra in ((plain, []), (sunk, [sink[i, j]])):
+            logits = np.concatenate([visible, extra])
+            if logits.size == 0:
+                continue  # no visible key and no sink: the row's values do not matter
+            want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            np.testing.assert_allclose(probs[i, j][mask[i, j]], want[:visible.size], atol=1e-6)
+            assert (probs[i, j][~mask[i, j]] == 0).all()
+    assert sunk[0, 0].sum() == 0 and (sunk.sum(-1) < 1).all()  # the sink keeps its share
+
+
+def test_cache_write_puts_each_new_token_at_its_absolute_slot():
+    """The one cache write of the GQA, MLA and top-k sparse caches: slot start + i holds new
+    token i in the cache's dtype, every other slot is left as it was (any rank of trailing
+    axes, a traced start under jit)."""
+    from minimoe.attention import cache_write
+
+    rng = np.random.default_rng(1)
+    for trailing in ((), (3,), (2, 4)):
+        buf = jnp.asarray(rng.normal(size=(2, 7) + trailing), jnp.bfloat16)
+        new = jnp.asarray(rng.normal(size=(2, 3) + trailing), jnp.float32)  # cast on write
+        for start in (0, 2, 4):
+            got = jax.jit(cache_write)(buf, new, jnp.int32(start))
+            assert got.dtype == jnp.bfloat16
+            want = np.asarray(buf, np.float32)
+            for i in range(3):
+                want[:, start + i] = np.asarray(new[:, i].astype(jnp.bfloat16), np.float32)
+            np.testing.assert_array_equal(np.asarray(got, np.float32), want)
