@@ -29,6 +29,7 @@ ATTENTION_FIELDS = {
 ATTENTION_KINDS = tuple(ATTENTION_FIELDS)
 ROUTERS = ("softmax", "switch", "noisy_topk", "deepseek_v3", "deepseek_v4", "expert_choice")
 DISPATCHES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
+DROPLESS_DISPATCHES = ("dropless", "ragged_dot")  # no capacity: no token is ever dropped
 
 
 def _positive(name: str, value, allow_none: bool = False) -> None:
@@ -154,7 +155,7 @@ class MoEConfig:
                 f"topk_group={self.topk_group} groups of {self.n_experts // self.n_group} experts "
                 f"cannot hold top_k={self.top_k} experts")
         _number("capacity_factor", self.capacity_factor, allow_none=True)
-        if self.capacity_factor is not None and self.dispatch in ("dropless", "ragged_dot"):
+        if self.capacity_factor is not None and self.dispatch in DROPLESS_DISPATCHES:
             raise ValueError(
                 f"dispatch {self.dispatch!r} is dropless; set capacity_factor=None "
                 f"(got {self.capacity_factor!r}) or use dispatch 'sort' or 'onehot'")

@@ -45,11 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minimoe.config import DISPATCHES, DROPLESS_DISPATCHES
 from minimoe.experts import expert_ffn
 from minimoe.ffn import swiglu, swiglu_activation
 
-STRATEGIES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
-DROPLESS_STRATEGIES = ("dropless", "ragged_dot")
+STRATEGIES = DISPATCHES
+DROPLESS_STRATEGIES = DROPLESS_DISPATCHES
 DEFAULT_BLOCK_SIZE = 16
 
 
@@ -121,6 +122,13 @@ def _resolve_capacity(capacity: int | None, tokens: int) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
         raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
     return min(int(capacity), tokens)
+
+
+def check_dropless(strategy: str, capacity: int | None) -> None:
+    """A dropless strategy takes no capacity: refuse one rather than ignore it."""
+    if strategy in DROPLESS_STRATEGIES and capacity is not None:
+        raise ValueError(f"dispatch {strategy!r} never drops; capacity must be None, "
+                         f"got {capacity!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -384,9 +392,7 @@ def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     reuses the batched ``expert_ffn``; MegaBlocks' block-sparse kernels (or a Pallas grouped
     matmul) read the weights in place instead of copying them.
     """
-    if capacity is not None:
-        raise ValueError(
-            f"dispatch 'dropless' never drops; capacity must be None, got {capacity!r}")
+    check_dropless("dropless", capacity)
     tokens, d_model = x.shape
     n_experts = w_gate.shape[0]
     s = sort_assignments(expert_index, expert_weights, n_experts)
@@ -426,9 +432,7 @@ def dispatch_ragged_dot(x, expert_index, expert_weights, w_gate, w_up, w_down, *
     MegaBlocks' grouped GEMM). Fast where a grouped-matmul kernel exists (GPU/TPU); on a CPU
     it may be lowered to something much slower.
     """
-    if capacity is not None:
-        raise ValueError(
-            f"dispatch 'ragged_dot' never drops; capacity must be None, got {capacity!r}")
+    check_dropless("ragged_dot", capacity)
     tokens = x.shape[0]
     n_experts = w_gate.shape[0]
     s = sort_assignments(expert_index, expert_weights, n_experts)
@@ -472,9 +476,6 @@ def dispatch(strategy: str, x: jax.Array, expert_index: jax.Array, expert_weight
     """
     if strategy not in _IMPLEMENTATIONS:
         raise ValueError(f"dispatch strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    if strategy in DROPLESS_STRATEGIES and capacity is not None:
-        raise ValueError(f"dispatch {strategy!r} never drops; capacity must be None, "
-                         f"got {capacity!r}")
     kwargs = {"block_size": block_size} if strategy == "dropless" else {}
     if swiglu_limit:
         kwargs["swiglu_limit"] = swiglu_limit
