@@ -8,6 +8,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # The unit tests include expert parallelism on 8 simulated CPU devices (tests/test_parallel.py);
 # tests/conftest.py sets the same flag, so a plain `pytest` runs them too.
 DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
+# XLA's compiled programs are kept in .jax_cache and reused by every later process of the same
+# stack and flags (the notebooks compile many of the same programs; a second run compiles little).
+# The key holds the jax version and XLA_FLAGS, so the AVX2 run and the Colab stack never reuse
+# the pinned stack's programs; a cached program is the same binary, so the numbers are the same.
+CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=600
 
 .PHONY: course install test unit nbval nbval-other-cpu notebooks colab-check bench lock clean
@@ -25,14 +30,14 @@ course: install  ## install everything and open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # root: e.g. a container
 
 test: install  ## the whole suite: unit tests, then nbval over every notebook
-	$(DEVICES) $(BIN)/python -m pytest tests
-	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
+	$(CACHE) $(DEVICES) $(BIN)/python -m pytest tests
+	$(CACHE) $(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 unit: install
-	$(DEVICES) $(BIN)/python -m pytest tests
+	$(CACHE) $(DEVICES) $(BIN)/python -m pytest tests
 
 nbval: install
-	$(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
+	$(CACHE) $(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 # Stored outputs must not depend on the CPU they were made on. XLA compiles for the host's vector
 # instructions, so another CPU rounds a training run differently. Limiting XLA to AVX2 on an
@@ -40,7 +45,7 @@ nbval: install
 # depends on it fails now rather than on a learner's machine (on a CPU without AVX-512 this
 # repeats `make nbval`).
 nbval-other-cpu: install  ## nbval again, with XLA's CPU code limited to AVX2
-	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
+	$(CACHE) XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(BIN)/python -m pytest $(NBVAL) $(NOTEBOOKS)
 
 notebooks: install  ## re-execute every notebook in place: how stored outputs are refreshed
 	$(BIN)/python tools/execute_notebooks.py --record-runtimes $(NOTEBOOKS)
@@ -54,8 +59,8 @@ colab-check:  ## unit tests + every notebook executed (no output comparison) on 
 	$(COLAB_VENV)/bin/pip install -q -r requirements-colab.txt
 	$(COLAB_VENV)/bin/pip install -q --no-deps -e .
 	$(COLAB_VENV)/bin/python -c "import jax, flax, optax; print('Colab stack:', jax.__version__, flax.__version__, optax.__version__)"
-	$(DEVICES) $(COLAB_VENV)/bin/python -m pytest tests
-	$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
+	$(CACHE) $(DEVICES) $(COLAB_VENV)/bin/python -m pytest tests
+	$(CACHE) $(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(NOTEBOOKS)
 
 bench: install  ## the performance benchmark (prints a table)
 	$(BIN)/python -m minimoe.bench
@@ -66,4 +71,4 @@ lock: install
 	 echo "# Regenerate: make lock"; cat requirements-lock.tmp) > requirements-lock.txt; rm requirements-lock.tmp
 
 clean:
-	rm -rf $(VENV) $(COLAB_VENV)
+	rm -rf $(VENV) $(COLAB_VENV) .jax_cache
