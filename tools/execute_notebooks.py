@@ -35,18 +35,22 @@ def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
-        merged = []  # adjacent stderr pieces are one text (a bar's updates arrive apart)
+        merged = []  # adjacent stderr pieces are one text (a bar's updates arrive apart,
+        # each starting with its own carriage return)
         for out in cell.get("outputs", []):
             if (out.get("output_type") == "stream" and merged
                     and merged[-1].get("output_type") == "stream"
                     and merged[-1]["name"] == out["name"] == "stderr"):
-                merged[-1]["text"] += "\r" if not merged[-1]["text"].endswith("\n") else ""
                 merged[-1]["text"] += out["text"]
             else:
                 merged.append(out)
         for out in merged:
             if out.get("output_type") == "stream":
                 out["text"] = settle(out["text"])
+        # a bar's closing newline can arrive after the cell's last print: an output of
+        # nothing but line breaks shows as an empty box
+        merged = [out for out in merged if out.get("output_type") != "stream"
+                  or out["name"] != "stderr" or out["text"].strip()]
         if "outputs" in cell:
             cell["outputs"] = merged
 
