@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
+from .fast.tiled_attention import batch_chunk, tile_batch
 from .ffn import init_weight, linear
 from .norm import RMSNorm
 from .rope import apply_rope, rope_angles
@@ -133,9 +134,6 @@ def poison_on_overflow(y: jax.Array, overflow: jax.Array | None) -> jax.Array:
     return y if overflow is None else jnp.where(overflow, jnp.nan, y)
 
 
-SCORES_PER_TILE = 1 << 18  # float32 scores per tile: 1 MiB, a typical CPU core's L2 cache
-
-
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                       scale: float | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v with query heads grouped over shared key/value heads.
@@ -148,30 +146,14 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     XLA on a CPU runs these plain per-head products faster than a grouped 5-D layout.
 
     On a CPU, a batch whose scores [batch, n_heads, q_len, k_len] would outgrow the cache is
-    processed a few sequences at a time (``batch_chunk``): the same numbers, tiled so each
-    tile's scores stay in cache -- the idea of FlashAttention's tiling, one level up.
+    processed a few sequences at a time, with the same numbers (``minimoe.fast.tiled_attention``).
     """
     b, s, h, _ = q.shape
     on_cpu = jax.default_backend() == "cpu"
     chunk = batch_chunk(b, h * s * k.shape[1]) if on_cpu else b
     if chunk == b:
         return _attend(q, k, v, mask, scale)
-    tiles = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # [n_tiles, chunk, ...]
-    # one tile after the other; checkpoint: the backward pass recomputes a tile's scores
-    # instead of keeping every tile's (as FlashAttention does), so they never leave the cache
-    tile_attend = jax.checkpoint(lambda qkv: _attend(*qkv, mask, scale))
-    out = jax.lax.map(tile_attend, (tiles(q), tiles(k), tiles(v)))
-    return out.reshape(b, *out.shape[2:])
-
-
-def batch_chunk(batch: int, scores_per_sequence: int) -> int:
-    """How many sequences ``grouped_attention`` processes at once on a CPU: all of them when
-    their scores fit in ``SCORES_PER_TILE``, otherwise the largest divisor of ``batch`` whose
-    scores do (at least 1)."""
-    if batch * scores_per_sequence <= SCORES_PER_TILE:
-        return batch
-    fits = max(1, SCORES_PER_TILE // scores_per_sequence)
-    return max(c for c in range(1, min(batch, fits) + 1) if batch % c == 0)
+    return tile_batch(lambda q, k, v: _attend(q, k, v, mask, scale), q, k, v, chunk)
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,

@@ -55,8 +55,9 @@ from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.dispatch import (DROPLESS_STRATEGIES, STRATEGIES, buffer_maps, compute_capacity,
-                              from_buffers, sort_assignments, to_buffers)
+                              sort_assignments)
 from minimoe.experts import expert_ffn
+from minimoe.fast.gather import from_buffers, to_buffers
 from minimoe.ffn import SwiGLU
 from minimoe.moe import MoELayer
 

@@ -18,6 +18,10 @@ behind one contract, chosen by name (``dispatch(strategy, ...)``):
     ragged_dot  sort by expert and let ``jax.lax.ragged_dot`` (a grouped matmul) run each
                 expert on its contiguous group of rows; nothing is dropped.
 
+The first three are here; the two dropless ones are speed code and live in
+``minimoe/fast/dropless.py``, as do the gathers of ``sort`` and their gradients
+(``minimoe/fast/gather.py``). ``dispatch`` runs any of the five.
+
 Capacity and dropping (``reference``, ``onehot``, ``sort``): an expert processes at most
 ``capacity`` assignments (``compute_capacity``); the rest are *dropped* -- that slot
 contributes nothing, and a token dropped from all its experts leaves the layer as 0, so the
@@ -47,11 +51,11 @@ import numpy as np
 
 from minimoe.config import DISPATCHES, DROPLESS_DISPATCHES
 from minimoe.experts import expert_ffn
-from minimoe.ffn import swiglu, swiglu_activation
+from minimoe.fast.gather import from_buffers, to_buffers
+from minimoe.ffn import swiglu
 
 STRATEGIES = DISPATCHES
 DROPLESS_STRATEGIES = DROPLESS_DISPATCHES
-DEFAULT_BLOCK_SIZE = 16
 
 
 class DispatchResult(NamedTuple):
@@ -199,7 +203,7 @@ def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 
 
 # ----------------------------------------------------------------------------------------
-# Sorting assignments by expert (shared by sort, dropless, ragged_dot)
+# Sorting assignments by expert (sort; also fast.dropless)
 # ----------------------------------------------------------------------------------------
 
 class SortedAssignments(NamedTuple):
@@ -234,24 +238,9 @@ def sort_assignments(expert_index: jax.Array, expert_weights: jax.Array,
                              counts)
 
 
-def _combine(y_rows: jax.Array, s: SortedAssignments, gate: jax.Array, tokens: int) -> jax.Array:
-    """Weighted scatter-add of per-assignment outputs back to tokens.
-
-    y_rows: [A, d] (one row per sorted assignment); gate: [A] -> [tokens, d].
-    """
-    contrib = y_rows * gate[:, None]  # [A, d]
-    return jnp.zeros((tokens, y_rows.shape[1]), contrib.dtype).at[s.token].add(contrib)
-
-
 # ----------------------------------------------------------------------------------------
 # sort
 # ----------------------------------------------------------------------------------------
-
-def _take_rows(a: jax.Array, index: jax.Array) -> jax.Array:
-    """``a[index]`` along axis 0, with a zero row wherever ``index`` is out of range
-    (an empty buffer slot or a dropped assignment). a: [n, d]; index: [...] -> [..., d]."""
-    return jnp.take(a, index, axis=0, mode="fill", fill_value=0)
-
 
 def buffer_maps(s: SortedAssignments, capacity: int,
                 tokens: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -282,53 +271,6 @@ def buffer_maps(s: SortedAssignments, capacity: int,
     return slot_token, slot_weight, token_slots
 
 
-@jax.custom_vjp
-def to_buffers(x: jax.Array, slot_token: jax.Array, token_slots: jax.Array) -> jax.Array:
-    """Copy every token into the buffer rows it is assigned to: ``x_buf[j] = x[slot_token[j]]``.
-
-    x: [T, d]; slot_token: [E * C], the token in each buffer row (``T``: empty);
-    token_slots: [T, k], the buffer row of each of a token's assignments (``E * C``: dropped)
-    -- the same map read the other way. -> x_buf [E * C, d].
-
-    ``to_buffers`` and ``from_buffers`` are each other's transpose, and their gradients are
-    written that way: the gradient of a gather is then a gather too, where automatic
-    differentiation would emit a scatter-add (measured 30x slower on a CPU).
-    """
-    return _take_rows(x, slot_token)
-
-
-@jax.custom_vjp
-def from_buffers(y_buf: jax.Array, slot_token: jax.Array, token_slots: jax.Array) -> jax.Array:
-    """Add up each token's rows of the buffers: ``y[t] = sum_s y_buf[token_slots[t, s]]``.
-
-    y_buf: [E * C, d] -> y [T, d] (a dropped assignment adds nothing). See ``to_buffers``.
-    One [T, d] gather per slot, added up: XLA fuses them into a single pass over the output,
-    where ``_take_rows(y_buf, token_slots).sum(axis=1)`` would first build a [T, k, d] array
-    (about 8x slower on a CPU).
-    """
-    return sum(_take_rows(y_buf, token_slots[:, s]) for s in range(token_slots.shape[1]))
-
-
-def _to_buffers_fwd(x, slot_token, token_slots):
-    return to_buffers(x, slot_token, token_slots), (slot_token, token_slots)
-
-
-def _to_buffers_bwd(maps, grad_x_buf):
-    return from_buffers(grad_x_buf, *maps), None, None  # integer maps: no gradient
-
-
-def _from_buffers_fwd(y_buf, slot_token, token_slots):
-    return from_buffers(y_buf, slot_token, token_slots), (slot_token, token_slots)
-
-
-def _from_buffers_bwd(maps, grad_y):
-    return to_buffers(grad_y, *maps), None, None
-
-
-to_buffers.defvjp(_to_buffers_fwd, _to_buffers_bwd)
-from_buffers.defvjp(_from_buffers_fwd, _from_buffers_bwd)
-
-
 def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
                   capacity: int | None = None,
                   swiglu_limit: float | None = None) -> DispatchResult:
@@ -338,7 +280,7 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     2. ``buffer_maps``: buffer row ``e * C + c`` holds expert e's c-th assignment;
        assignments with ``position >= capacity`` find no row and are dropped. Both directions
        of this map are tables of integers: ``slot_token`` [E * C] and ``token_slots`` [T, k].
-    3. ``to_buffers`` gathers the tokens into ``x_buf [E, C, d]``.
+    3. ``to_buffers`` (``minimoe.fast.gather``) gathers the tokens into ``x_buf [E, C, d]``.
     4. ``expert_ffn``: one batched matmul over the expert axis; each row is multiplied by its
        router weight inside the FFN (before the down projection, on the narrower array).
     5. ``from_buffers`` adds each token's k weighted rows back up.
@@ -366,89 +308,13 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 
 
 # ----------------------------------------------------------------------------------------
-# dropless (MegaBlocks)
-# ----------------------------------------------------------------------------------------
-
-def num_blocks(assignments: int, n_experts: int, block_size: int) -> int:
-    """Static worst-case number of blocks when each expert's group is padded to a multiple of
-    ``block_size``: ``sum_e ceil(c_e / B) <= (A + E * (B - 1)) / B``."""
-    return math.ceil((assignments + n_experts * (block_size - 1)) / block_size)
-
-
-def dispatch_dropless(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                      capacity: int | None = None,
-                      block_size: int = DEFAULT_BLOCK_SIZE,
-                      swiglu_limit: float | None = None) -> DispatchResult:
-    """Dropless MoE with block padding (MegaBlocks, Gale et al. 2022, §5).
-
-    Instead of a fixed capacity per expert, each expert's group of sorted assignments is
-    padded to a multiple of ``block_size`` rows, so the matrix of all rows splits into
-    blocks that each belong to exactly one expert. Every block is multiplied by its own
-    expert's weights. The number of blocks has a static worst case (``num_blocks``), so the
-    shapes are static and no token is ever dropped; the padding costs at most
-    ``block_size - 1`` rows per expert.
-
-    Here the block-wise matmul gathers each block's expert weights (``w[block_expert]``) and
-    reuses the batched ``expert_ffn``; MegaBlocks' block-sparse kernels (or a Pallas grouped
-    matmul) read the weights in place instead of copying them.
-    """
-    check_dropless("dropless", capacity)
-    tokens, d_model = x.shape
-    n_experts = w_gate.shape[0]
-    s = sort_assignments(expert_index, expert_weights, n_experts)
-    n_blocks = num_blocks(s.expert.shape[0], n_experts, block_size)
-    padded = -(-s.counts // block_size) * block_size  # [E], counts rounded up to blocks
-    padded_end = jnp.cumsum(padded)  # [E]
-    padded_start = padded_end - padded  # [E]
-    row = padded_start[s.expert] + s.position  # [A], row of each assignment
-    row_token = jnp.full((n_blocks * block_size,), tokens, jnp.int32)  # `tokens` = padding
-    row_token = row_token.at[row].set(s.token)  # [n_blocks * B]
-    x_padded = jnp.concatenate([x, jnp.zeros((1, d_model), x.dtype)])  # [T + 1, d]
-    x_blocks = x_padded[row_token].reshape(n_blocks, block_size, d_model)  # [n_blocks, B, d]
-    # Block b starts at row b*B; its expert is the number of groups that end at or before it.
-    block_start = jnp.arange(n_blocks) * block_size  # [n_blocks]
-    block_expert = jnp.searchsorted(padded_end, block_start, side="right")  # [n_blocks]
-    block_expert = jnp.minimum(block_expert, n_experts - 1)  # unused tail blocks: any expert
-    y_blocks = expert_ffn(x_blocks, w_gate[block_expert], w_up[block_expert],
-                          w_down[block_expert], swiglu_limit=swiglu_limit)  # [n_blocks, B, d]
-    y_rows = y_blocks.reshape(-1, d_model)[row]  # [A, d]
-    output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
-    kept = jnp.ones(expert_index.shape, jnp.bool_)
-    return DispatchResult(output, kept, s.counts)
-
-
-# ----------------------------------------------------------------------------------------
-# ragged_dot (grouped matmul)
-# ----------------------------------------------------------------------------------------
-
-def dispatch_ragged_dot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                        capacity: int | None = None,
-                        swiglu_limit: float | None = None) -> DispatchResult:
-    """Dropless dispatch with a grouped matmul, ``jax.lax.ragged_dot``.
-
-    After sorting, the rows of expert e are one contiguous group of ``counts[e]`` rows;
-    ``ragged_dot(lhs [A, d], rhs [E, d, h], group_sizes [E])`` multiplies each group by its
-    expert's matrix. No capacity, no padding, no drops (MaxText's ``sparse_matmul`` path;
-    MegaBlocks' grouped GEMM). Fast where a grouped-matmul kernel exists (GPU/TPU); on a CPU
-    it may be lowered to something much slower.
-    """
-    check_dropless("ragged_dot", capacity)
-    tokens = x.shape[0]
-    n_experts = w_gate.shape[0]
-    s = sort_assignments(expert_index, expert_weights, n_experts)
-    x_sorted = x[s.token]  # [A, d]
-    gate = jax.lax.ragged_dot(x_sorted, w_gate, s.counts)  # [A, h]
-    up = jax.lax.ragged_dot(x_sorted, w_up, s.counts)  # [A, h]
-    y_rows = jax.lax.ragged_dot(swiglu_activation(gate, up, swiglu_limit), w_down,
-                                s.counts)  # [A, d]
-    output = _combine(y_rows, s, s.weight, tokens)  # [T, d]
-    kept = jnp.ones(expert_index.shape, jnp.bool_)
-    return DispatchResult(output, kept, s.counts)
-
-
-# ----------------------------------------------------------------------------------------
 # The one entry point
 # ----------------------------------------------------------------------------------------
+
+# The two strategies that never drop build on the sorting above; they are speed code and live
+# with the rest of it (minimoe/fast/).
+from minimoe.fast.dropless import (DEFAULT_BLOCK_SIZE, dispatch_dropless,  # noqa: E402
+                                   dispatch_ragged_dot)
 
 _IMPLEMENTATIONS = {
     "reference": dispatch_reference,

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minimoe.dispatch import (STRATEGIES, compute_capacity, dispatch, num_blocks,
+from minimoe.dispatch import (STRATEGIES, buffer_maps, compute_capacity, dispatch,
                               position_in_expert, sort_assignments)
 from minimoe.experts import expert_ffn
+from minimoe.fast.dropless import num_blocks
+from minimoe.fast.gather import from_buffers, to_buffers
 
 ATOL = 2e-5
 
@@ -204,6 +206,37 @@ def test_sort_assignments_groups_by_expert_keeping_priority():
     np.testing.assert_array_equal(s.token, [1, 0, 2, 0, 2, 1])
     np.testing.assert_array_equal(s.position, [0, 1, 0, 0, 1, 2])
     np.testing.assert_array_equal(s.counts, [2, 1, 3])
+
+
+@pytest.mark.parametrize("capacity", [None, 3])
+def test_buffer_gathers_equal_plain_gathers_values_and_gradients(capacity):
+    # fast.gather writes each gather's gradient as the other gather; automatic
+    # differentiation of the plain jnp.take formulas (scatter-adds) must give the same numbers,
+    # including empty buffer rows and, with capacity 3, dropped assignments
+    tokens, n_experts, top_k, d = 10, 4, 2, 5
+    rng = np.random.default_rng(4)
+    idx = jnp.asarray(np.stack([rng.choice(n_experts, top_k, replace=False)
+                                for _ in range(tokens)]), jnp.int32)
+    s = sort_assignments(idx, jnp.ones((tokens, top_k)), n_experts)
+    cap = tokens if capacity is None else capacity
+    slot_token, _, token_slots = buffer_maps(s, cap, tokens)
+    if capacity is not None:
+        assert (token_slots == n_experts * cap).any()  # something was dropped
+    plain_to = lambda x: jnp.take(x, slot_token, axis=0, mode="fill", fill_value=0)
+    plain_from = lambda y: jnp.take(y, token_slots, axis=0, mode="fill", fill_value=0).sum(1)
+    x = jnp.asarray(rng.normal(size=(tokens, d)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(n_experts * cap, d)), jnp.float32)
+    g_buf = jnp.asarray(rng.normal(size=(n_experts * cap, d)), jnp.float32)
+    g_tok = jnp.asarray(rng.normal(size=(tokens, d)), jnp.float32)
+    fast_to = lambda x: to_buffers(x, slot_token, token_slots)
+    fast_from = lambda y: from_buffers(y, slot_token, token_slots)
+    np.testing.assert_array_equal(fast_to(x), plain_to(x))
+    np.testing.assert_allclose(fast_from(y), plain_from(y), rtol=1e-6, atol=1e-6)
+    grad = lambda f, a, g: jax.grad(lambda a: jnp.sum(f(a) * g))(a)
+    np.testing.assert_allclose(grad(fast_to, x, g_buf), grad(plain_to, x, g_buf),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad(fast_from, y, g_tok), grad(plain_from, y, g_tok),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_compute_capacity_and_errors():

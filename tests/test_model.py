@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe.attention import (SCORES_PER_TILE, Attention, _attend, batch_chunk, causal_mask,
-                               grouped_attention)
+from minimoe.attention import Attention, _attend, causal_mask, grouped_attention
 from minimoe.config import ModelConfig
+from minimoe.fast.tiled_attention import SCORES_PER_TILE, batch_chunk
 from minimoe.ffn import SwiGLU
 from minimoe.model import generate, sample_logits
 from minimoe.norm import RMSNorm

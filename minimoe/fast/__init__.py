@@ -1,0 +1,15 @@
+"""Speed code: faster ways to compute what the core computes, each tested equal to it.
+
+Nothing here changes the math of the model; it changes how long the math takes. Notebook 07
+times them side by side.
+
+    gather          sort dispatch's two gathers, with gradients written as gathers too
+                    (``to_buffers`` / ``from_buffers``, used by ``dispatch.dispatch_sort``)
+    dropless        MegaBlocks' block-padded dispatch and the ``ragged_dot`` grouped matmul:
+                    the two dispatch strategies that never drop (``MoEConfig.dispatch``)
+    tiled_attention attention over a batch a few sequences at a time, so each tile's scores
+                    stay in a CPU core's cache (``attention.grouped_attention`` on a CPU)
+
+Each variant's test compares it with the plain computation it replaces, values and
+gradients: ``tests/test_dispatch.py``, ``tests/test_model.py``.
+"""
