@@ -11,6 +11,12 @@ The main API is importable from the package itself::
     trainer.run()
 
 Every module (``minimoe.router``, ``minimoe.dispatch``, ...) stays importable on its own.
+Read them in the course's order: ``config``, ``norm``, ``rope``, ``ffn``, ``attention``,
+``model``, ``accounting`` (a dense transformer); ``router``, ``experts``, ``dispatch``,
+``moe`` (the MoE); ``mla``, ``sparse_attention``, ``compressed_attention``, ``kv_cache`` (long
+context); ``hyper_connections``, ``mtp``, ``quant`` (DeepSeek-V4's block). ``minimoe.fast``
+holds the code that only makes these faster; ``cost``, ``parallel``, ``checkpoints`` and
+``bench`` are tools around the model.
 Layer constructors follow one convention: the settings first (a config, or ``d_model`` and a
 config for the FFN layers), then ``rngs=`` as a keyword.
 """
