@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
-from .fast.tiled_attention import batch_chunk, tile_batch
+from .fast.tiled_attention import tiled_attention
 from .ffn import init_weight, linear
 from .norm import RMSNorm
 from .rope import apply_rope, rope_angles
@@ -144,21 +144,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     Query head i uses key/value head ``i // (n_heads // n_kv_heads)``. The shared key/value
     heads are repeated to one per query head before the products: the cache stays small, and
     XLA on a CPU runs these plain per-head products faster than a grouped 5-D layout.
-
-    On a CPU, a batch whose scores [batch, n_heads, q_len, k_len] would outgrow the cache is
-    processed a few sequences at a time, with the same numbers (``minimoe.fast.tiled_attention``).
     """
-    b, s, h, _ = q.shape
-    on_cpu = jax.default_backend() == "cpu"
-    chunk = batch_chunk(b, h * s * k.shape[1]) if on_cpu else b
-    if chunk == b:
-        return _attend(q, k, v, mask, scale)
-    return tile_batch(lambda q, k, v: _attend(q, k, v, mask, scale), q, k, v, chunk)
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-            scale: float | None = None) -> jax.Array:
-    """``grouped_attention`` on one tile of the batch (same shapes and meaning)."""
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     group = q.shape[2] // k.shape[2]
@@ -177,7 +163,8 @@ class Attention(nnx.Module):
     ``wo`` [n_heads*head_dim, d_model]; ``window``: ``cfg.sliding_window`` when
     ``cfg.attention == 'sliding'``, else None (full causal attention);
     ``q_norm``, ``k_norm``: RMSNorm [head_dim] of each query/key head before RoPE when
-    ``cfg.qk_norm`` (Qwen3), else None; ``scale``: ``cfg.attention_scale`` (None = 1/sqrt(head_dim)).
+    ``cfg.qk_norm`` (Qwen3), else None; ``scale``: ``cfg.attention_scale`` (None = 1/sqrt(head_dim));
+    ``tiling``: ``cfg.attention_tiling`` (``fast.tiled_attention`` instead of ``grouped_attention``).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -193,6 +180,7 @@ class Attention(nnx.Module):
         self.wv = nnx.Param(init_weight(rngs.params(), (d, kv * hd), d))
         self.wo = nnx.Param(init_weight(rngs.params(), (h * hd, d), h * hd))
         self.scale = cfg.attention_scale
+        self.tiling = cfg.attention_tiling
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -242,7 +230,8 @@ class Attention(nnx.Module):
         mask = causal_mask(q_pos, k_pos, self.window)  # [seq, keys]
         if valid is not None:
             mask &= valid[None, :]
-        out = grouped_attention(q, k, v, mask, self.scale)
+        attend = tiled_attention if self.tiling else grouped_attention  # same numbers
+        out = attend(q, k, v, mask, self.scale)
         y = linear(out.reshape(b, s, -1), self.wo[...])
         return poison_on_overflow(y, overflow), cache
 

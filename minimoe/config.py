@@ -338,6 +338,11 @@ class ModelConfig:
         logits_scaling: the logits are divided by it (Granite's ``logits_scaling``).
         rope_yarn: YaRN RoPE scaling of MLA's rope channels (``YaRNConfig``, DeepSeek-V2/V3);
             ``None``: the plain rotation.
+
+    Speed (``minimoe.fast``): the same numbers, up to float round-off, computed differently:
+        attention_tiling: ``gqa``/``sliding`` attention runs over the batch a few sequences at
+            a time, so each tile's scores fit a CPU core's cache
+            (``fast.tiled_attention``); ``False`` (default): the whole batch at once.
     """
 
     vocab_size: int = 256
@@ -381,6 +386,7 @@ class ModelConfig:
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
     rope_yarn: YaRNConfig | None = None
+    attention_tiling: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
@@ -553,7 +559,11 @@ class ModelConfig:
             if self.attention != "mla":
                 raise ValueError(f"rope_yarn is only implemented for attention 'mla', "
                                  f"got attention={self.attention!r}")
-        for name, default in (("qk_norm", False), ("attention_scale", None)):
+        if not isinstance(self.attention_tiling, bool):
+            raise ValueError(f"attention_tiling must be True or False, "
+                             f"got {self.attention_tiling!r}")
+        for name, default in (("qk_norm", False), ("attention_scale", None),
+                              ("attention_tiling", False)):
             if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
                 raise ValueError(f"{name}={getattr(self, name)!r} is only implemented for "
                                  f"attention 'gqa' or 'sliding', got attention={self.attention!r}")

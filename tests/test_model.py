@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe.attention import Attention, _attend, causal_mask, grouped_attention
+from minimoe.attention import Attention, causal_mask, grouped_attention
 from minimoe.config import ModelConfig
-from minimoe.fast.tiled_attention import SCORES_PER_TILE, batch_chunk
+from minimoe.fast.tiled_attention import SCORES_PER_TILE, batch_chunk, tiled_attention
 from minimoe.ffn import SwiGLU
 from minimoe.model import generate, sample_logits
 from minimoe.norm import RMSNorm
@@ -128,12 +128,36 @@ def test_tiled_attention_equals_untiled_values_and_gradients():
     ct = jax.random.normal(ks[3], (b, s, h, 8))
     mask = causal_mask(jnp.arange(s), jnp.arange(s))
     loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, mask) * ct)
-    np.testing.assert_allclose(grouped_attention(q, k, v, mask), _attend(q, k, v, mask),
+    np.testing.assert_allclose(tiled_attention(q, k, v, mask), grouped_attention(q, k, v, mask),
                                rtol=1e-5, atol=1e-6)
-    tiled = jax.grad(loss(grouped_attention), argnums=(0, 1, 2))(q, k, v)
-    whole = jax.grad(loss(_attend), argnums=(0, 1, 2))(q, k, v)
+    tiled = jax.grad(loss(tiled_attention), argnums=(0, 1, 2))(q, k, v)
+    whole = jax.grad(loss(grouped_attention), argnums=(0, 1, 2))(q, k, v)
     for a, e in zip(tiled, whole):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["gqa", "sliding"])
+def test_attention_tiling_is_selected_by_config_and_changes_no_number(attention):
+    # a batch of 9 sequences whose scores need 3 tiles; the same parameters with and without
+    window = 5 if attention == "sliding" else None
+    cfg = ModelConfig(d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, n_layers=1, max_seq_len=128,
+                      attention=attention, sliding_window=window)
+    x = jax.random.normal(jax.random.key(5), (9, 128, 32))
+    assert batch_chunk(9, 4 * 128 * 128) == 3
+    plain = Attention(cfg, rngs=nnx.Rngs(0))
+    tiled = Attention(cfg.replace(attention_tiling=True), rngs=nnx.Rngs(0))
+    assert tiled.tiling and not plain.tiling
+    np.testing.assert_allclose(tiled(x)[0], plain(x)[0], rtol=1e-5, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(lambda x: tiled(x)[0])(x))
+    assert "while" in jaxpr or "scan" in jaxpr  # lax.map over the tiles
+    assert "scan" not in str(jax.make_jaxpr(lambda x: plain(x)[0])(x))
+
+
+def test_attention_tiling_is_refused_where_it_is_not_implemented():
+    with pytest.raises(ValueError, match="attention_tiling=True is only implemented"):
+        ModelConfig(attention="mla", attention_tiling=True)
+    with pytest.raises(ValueError, match="attention_tiling must be True or False, got 1"):
+        ModelConfig(attention_tiling=1)
 
 
 def test_attention_is_causal():

@@ -8,7 +8,7 @@ times them side by side.
     dropless        MegaBlocks' block-padded dispatch and the ``ragged_dot`` grouped matmul:
                     the two dispatch strategies that never drop (``MoEConfig.dispatch``)
     tiled_attention attention over a batch a few sequences at a time, so each tile's scores
-                    stay in a CPU core's cache (``attention.grouped_attention`` on a CPU)
+                    stay in a CPU core's cache (``ModelConfig.attention_tiling``)
 
 Each variant's test compares it with the plain computation it replaces, values and
 gradients: ``tests/test_dispatch.py``, ``tests/test_model.py``.

@@ -7,8 +7,10 @@ tile's scores in cache, with the same numbers: the idea of FlashAttention's tili
 up (over sequences, not over keys). ``jax.checkpoint`` makes the backward pass recompute a
 tile's scores instead of keeping every tile's, as FlashAttention does.
 
-``attention.grouped_attention`` tiles this way on a CPU (``tile_batch``); the test that tiled
-and untiled attention agree, values and gradients, is in ``tests/test_model.py``.
+``ModelConfig(attention_tiling=True)`` makes ``attention.Attention`` call ``tiled_attention``
+instead of ``grouped_attention``; the test that they agree, values and gradients, is in
+``tests/test_model.py``. Whether it is faster depends on the machine's caches:
+``python -m minimoe.bench`` is where to measure it.
 """
 
 from __future__ import annotations
@@ -42,3 +44,16 @@ def tile_batch(attend: Callable, q: jax.Array, k: jax.Array, v: jax.Array,
     tiles = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])  # [n_tiles, chunk, ...]
     out = jax.lax.map(jax.checkpoint(lambda qkv: attend(*qkv)), (tiles(q), tiles(k), tiles(v)))
     return out.reshape(b, *out.shape[2:])
+
+
+def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                    scale: float | None = None) -> jax.Array:
+    """``attention.grouped_attention(q, k, v, mask, scale)`` (same shapes and meaning),
+    ``batch_chunk`` sequences at a time: the whole batch at once when its scores
+    [batch, n_heads, q_len, k_len] fit in ``SCORES_PER_TILE``."""
+    from minimoe.attention import grouped_attention  # the computation tiled here
+
+    b, s, h, _ = q.shape
+    chunk = batch_chunk(b, h * s * k.shape[1])
+    attend = lambda q, k, v: grouped_attention(q, k, v, mask, scale)
+    return attend(q, k, v) if chunk == b else tile_batch(attend, q, k, v, chunk)
