@@ -39,6 +39,15 @@ def _positive(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _integer_in(name: str, value, low: int, high: int | None = None,
+                high_label: str | None = None) -> None:
+    """An integer in ``[low, high]`` (``high=None``: no upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low \
+            or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high_label or high}]"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+
+
 def _non_negative(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -131,9 +140,7 @@ class MoEConfig:
         _positive("d_shared", self.d_shared, allow_none=True)
         _positive("n_group", self.n_group)
         _positive("topk_group", self.topk_group)
-        if isinstance(self.n_shared_experts, bool) or not isinstance(self.n_shared_experts, int) \
-                or self.n_shared_experts < 0:
-            raise ValueError(f"n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}")
+        _integer_in("n_shared_experts", self.n_shared_experts, 0)
         _one_of("router", self.router, ROUTERS)
         _one_of("dispatch", self.dispatch, DISPATCHES)
         if self.top_k > self.n_experts:
@@ -415,11 +422,8 @@ class ModelConfig:
         _boolean("tie_embeddings", self.tie_embeddings)
         if self.moe is not None and not isinstance(self.moe, MoEConfig):
             raise ValueError(f"moe must be a MoEConfig or None, got {type(self.moe).__name__}")
-        if isinstance(self.first_k_dense, bool) or not isinstance(self.first_k_dense, int) \
-                or not 0 <= self.first_k_dense <= self.n_layers:
-            raise ValueError(
-                f"first_k_dense must be an integer in [0, n_layers={self.n_layers}], "
-                f"got {self.first_k_dense!r}")
+        _integer_in("first_k_dense", self.first_k_dense, 0, self.n_layers,
+                    f"n_layers={self.n_layers}")
         fields = ATTENTION_FIELDS[self.attention]
         for name in fields["needs"]:
             if getattr(self, name) is None:
@@ -437,6 +441,7 @@ class ModelConfig:
         self._check_compressed_attention()
         self._validate_v4_fields()
         self._check_checkpoint_features()
+        self._check_speed_fields()
 
     def _validate_v4_fields(self) -> None:
         """Checks of DeepSeek-V4's fields (mHC, hash routing, MTP)."""
@@ -444,11 +449,8 @@ class ModelConfig:
         _positive("hc_sinkhorn_iters", self.hc_sinkhorn_iters)
         _non_negative("hc_eps", self.hc_eps)
         n_moe = self.n_moe_layers
-        if isinstance(self.num_hash_layers, bool) or not isinstance(self.num_hash_layers, int) \
-                or not 0 <= self.num_hash_layers <= n_moe:
-            raise ValueError(
-                f"num_hash_layers must be an integer in [0, number of MoE layers = {n_moe}], "
-                f"got {self.num_hash_layers!r}")
+        _integer_in("num_hash_layers", self.num_hash_layers, 0, n_moe,
+                    f"number of MoE layers = {n_moe}")
         if self.num_hash_layers and self.moe.router not in ("deepseek_v3", "deepseek_v4"):
             raise ValueError(
                 f"hash routing (num_hash_layers={self.num_hash_layers}) takes its gate weights "
@@ -516,9 +518,7 @@ class ModelConfig:
         if self.qk_rope_head_dim > self.head_dim:
             raise ValueError(f"qk_rope_head_dim must be <= head_dim ({self.head_dim}), "
                              f"got {self.qk_rope_head_dim}")
-        if not (isinstance(self.compress_rope_theta, (int, float))
-                and self.compress_rope_theta > 0):
-            raise ValueError(f"compress_rope_theta must be > 0, got {self.compress_rope_theta!r}")
+        _number("compress_rope_theta", self.compress_rope_theta)
         has_csa = self.csa_compress_ratio in cr[:self.n_layers]
         if has_csa:
             _positive("index_topk", self.index_topk)
@@ -540,18 +540,10 @@ class ModelConfig:
 
     def _check_checkpoint_features(self):
         """Validate the fields that published checkpoints need (see the class docstring)."""
-        if not isinstance(self.qk_norm, bool):
-            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        _boolean("qk_norm", self.qk_norm)
         for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
-        if self.attention_scale is not None and (
-                isinstance(self.attention_scale, bool)
-                or not isinstance(self.attention_scale, (int, float)) or not self.attention_scale > 0):
-            raise ValueError(
-                f"attention_scale must be a number > 0, or None for 1/sqrt(head_dim), "
-                f"got {self.attention_scale!r}")
+            _number(name, getattr(self, name))
+        _number("attention_scale", self.attention_scale, allow_none=True)  # None: 1/sqrt(head_dim)
         if self.rope_yarn is not None:
             if not isinstance(self.rope_yarn, YaRNConfig):
                 raise ValueError(f"rope_yarn must be a YaRNConfig or None, "
@@ -559,14 +551,17 @@ class ModelConfig:
             if self.attention != "mla":
                 raise ValueError(f"rope_yarn is only implemented for attention 'mla', "
                                  f"got attention={self.attention!r}")
-        if not isinstance(self.attention_tiling, bool):
-            raise ValueError(f"attention_tiling must be True or False, "
-                             f"got {self.attention_tiling!r}")
-        for name, default in (("qk_norm", False), ("attention_scale", None),
-                              ("attention_tiling", False)):
+        for name, default in (("qk_norm", False), ("attention_scale", None)):
             if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
                 raise ValueError(f"{name}={getattr(self, name)!r} is only implemented for "
                                  f"attention 'gqa' or 'sliding', got attention={self.attention!r}")
+
+    def _check_speed_fields(self) -> None:
+        """Validate the fields that choose a faster computation of the same numbers."""
+        _boolean("attention_tiling", self.attention_tiling)
+        if self.attention_tiling and self.attention not in ("gqa", "sliding"):
+            raise ValueError(f"attention_tiling=True is only implemented for attention 'gqa' or "
+                             f"'sliding', got attention={self.attention!r}")
 
     @property
     def kv_heads(self) -> int:

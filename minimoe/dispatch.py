@@ -117,10 +117,12 @@ def position_in_expert(expert_index: jax.Array, n_experts: int) -> jax.Array:
     return _token_major(position, tokens)  # [T, k]
 
 
-def _resolve_capacity(capacity: int | None, tokens: int) -> int:
-    """None -> ``tokens``: one token uses an expert at most once, so an expert never receives
-    more than ``tokens`` assignments and capacity = tokens never drops. Larger values are
-    clipped to ``tokens`` (they could not be filled)."""
+def resolve_capacity(capacity: int | None, tokens: int) -> int:
+    """The slots per expert a dispatch of ``tokens`` tokens uses for a given ``capacity``.
+
+    ``None`` (dropless) -> ``tokens``: one token uses an expert at most once, so an expert
+    never receives more than ``tokens`` assignments and capacity = tokens never drops. Larger
+    values are clipped to ``tokens`` (they could not be filled)."""
     if capacity is None:
         return tokens
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
@@ -187,7 +189,7 @@ def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     """
     tokens, _ = x.shape
     n_experts = w_gate.shape[0]
-    capacity = _resolve_capacity(capacity, tokens)
+    capacity = resolve_capacity(capacity, tokens)
     position = position_in_expert(expert_index, n_experts)  # [T, k]
     kept = position < capacity  # [T, k]
     expert_onehot = jax.nn.one_hot(expert_index, n_experts, dtype=x.dtype)  # [T, k, E]
@@ -292,7 +294,7 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
     """
     tokens, d_model = x.shape
     n_experts = w_gate.shape[0]
-    capacity = _resolve_capacity(capacity, tokens)
+    capacity = resolve_capacity(capacity, tokens)
     s = sort_assignments(expert_index, expert_weights, n_experts)
     slot_token, slot_weight, token_slots = buffer_maps(s, capacity, tokens)
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from minimoe.config import MoEConfig
-from minimoe.dispatch import compute_capacity
+from minimoe.dispatch import compute_capacity, resolve_capacity
 from minimoe.ffn import init_weight
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "sqrt_softplus")
@@ -421,8 +421,9 @@ class Router(nnx.Module):
         """Tokens each expert picks under expert choice: ``capacity_factor`` (required by
         ``MoEConfig`` for this router) times the even share ``tokens * top_k / n_experts``, at
         most ``tokens``."""
-        cf = self.cfg.capacity_factor
-        return max(1, min(tokens, compute_capacity(tokens, self.cfg.top_k, self.cfg.n_experts, cf)))
+        cfg = self.cfg
+        return resolve_capacity(
+            compute_capacity(tokens, cfg.top_k, cfg.n_experts, cfg.capacity_factor), tokens)
 
     def __call__(self, x: jax.Array, *, train: bool = False,
                  rngs: nnx.Rngs | jax.Array | None = None,

@@ -34,6 +34,12 @@ from minimoe.config import ModelConfig, MoEConfig
      r"num_hash_layers must be an integer in \[0, number of MoE layers = 4\], got 5"),
     (dict(moe=MoEConfig(), num_hash_layers=1), r"router must be 'deepseek_v3' or 'deepseek_v4'"),
     (dict(num_nextn_predict_layers=2), r"num_nextn_predict_layers must be 0 or 1"),
+    (dict(first_k_dense=True), r"first_k_dense must be an integer in \[0, n_layers=4\], got True"),
+    # fields of published checkpoints and speed choices
+    (dict(qk_norm=1), r"qk_norm must be True or False, got 1"),
+    (dict(logits_scaling=0), r"logits_scaling must be a number > 0, got 0"),
+    (dict(attention_scale=True), r"attention_scale must be a number > 0, or None, got True"),
+    (dict(attention_tiling="yes"), r"attention_tiling must be True or False, got 'yes'"),
 ])
 def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -54,6 +60,7 @@ def test_model_config_errors_name_parameter_value_and_rule(kwargs, match):
     (dict(capacity_factor=True), r"capacity_factor must be a number > 0, or None, got True"),
     (dict(routed_scaling_factor=True), r"routed_scaling_factor must be a number >= 0, got True"),
     (dict(renormalize=1), r"renormalize must be True or False, or None, got 1"),
+    (dict(n_shared_experts=-1), r"n_shared_experts must be an integer >= 0, got -1"),
     # settings that would silently do nothing
     (dict(bias_update_rate=0.01), r"bias_update_rate=0.01 .* router 'softmax' has none"),
     (dict(router="noisy_topk", bias_update_rate=0.01), r"router 'noisy_topk' has none"),

@@ -31,6 +31,10 @@ def _combine(y_rows: jax.Array, s: SortedAssignments, gate: jax.Array, tokens: i
     return jnp.zeros((tokens, y_rows.shape[1]), contrib.dtype).at[s.token].add(contrib)
 
 
+# ----------------------------------------------------------------------------------------
+# dropless (MegaBlocks block padding)
+# ----------------------------------------------------------------------------------------
+
 def num_blocks(assignments: int, n_experts: int, block_size: int) -> int:
     """Static worst-case number of blocks when each expert's group is padded to a multiple of
     ``block_size``: ``sum_e ceil(c_e / B) <= (A + E * (B - 1)) / B``."""

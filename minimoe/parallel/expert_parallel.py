@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from minimoe.dispatch import (DispatchResult, compute_capacity, count_tokens_per_expert,
-                              position_in_expert)
+                              position_in_expert, resolve_capacity)
 from minimoe.experts import expert_ffn
 from minimoe.moe import MoELayer, MoEStats, check_moe_input
 from minimoe.parallel.mesh import (BATCH_AXES, EXPERT, check_experts_divisible, expert_degree,
@@ -82,8 +81,8 @@ def device_capacity(tokens_per_device: int, top_k: int, n_experts: int,
     """Slots each device reserves per expert: ``compute_capacity`` of its *local* token count;
     dropless (``None``) is ``tokens_per_device`` (a token uses an expert at most once).
     Never more than ``tokens_per_device``: more slots could not be filled."""
-    c = compute_capacity(tokens_per_device, top_k, n_experts, capacity_factor)
-    return tokens_per_device if c is None else min(c, tokens_per_device)
+    return resolve_capacity(compute_capacity(tokens_per_device, top_k, n_experts,
+                                             capacity_factor), tokens_per_device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,17 +103,12 @@ def expert_parallel_dispatch(x, expert_index, expert_weights, w_gate, w_up, w_do
     applied to each device's tokens with the same capacity.
     """
     tokens, d_model = x.shape
-    n_experts, top_k = w_gate.shape[0], expert_index.shape[1]
+    n_experts = w_gate.shape[0]
     check_experts_divisible(n_experts, mesh)
     if tokens % mesh.size:
         raise ValueError(f"the number of tokens ({tokens}) must be divisible by the "
                          f"{mesh.size} devices of the mesh")
-    local_tokens = tokens // mesh.size
-    if capacity is None:
-        capacity = local_tokens
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
-        raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
-    capacity = min(int(capacity), local_tokens)
+    capacity = resolve_capacity(capacity, tokens // mesh.size)
     ep = expert_degree(mesh)
 
     def per_device(x, expert_index, expert_weights, w_gate, w_up, w_down):
