@@ -38,3 +38,14 @@ def test_clean_keeps_every_finished_bar_and_drops_empty_stderr():
 
 def test_settle_shows_what_a_terminal_shows():
     assert execute_notebooks.settle("a\rb\rc\nd") == "c\nd"
+
+
+def test_clean_joins_the_chunks_of_one_stream():
+    # prints arrive in chunks that vary run to run; an empty stderr between them goes too
+    pieces = [stream("stdout", "step 1\nstep"), stream("stdout", " 2\n"), stream("stderr", "\n"),
+              stream("stdout", "done\n"), stream("stderr", "warning\n"), stream("stdout", "end\n")]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print", outputs=pieces)]
+    execute_notebooks.clean(nb)
+    assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [
+        ("stdout", "step 1\nstep 2\ndone\n"), ("stderr", "warning\n"), ("stdout", "end\n")]

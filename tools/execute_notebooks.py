@@ -27,6 +27,20 @@ def settle(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
+def merge_streams(outputs: list) -> list:
+    """Adjacent pieces of one stream as one text: the kernel sends a cell's prints and a
+    bar's updates in chunks that differ from run to run, and nbval compares them joined."""
+    merged = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged
+                and merged[-1].get("output_type") == "stream"
+                and merged[-1]["name"] == out["name"]):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def clean(nb) -> None:
     nb.metadata.pop("widgets", None)
     # the kernelspec ipykernel installs: JupyterLab rewrites any other one when it opens the
@@ -35,15 +49,9 @@ def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
-        merged = []  # adjacent stderr pieces are one text (a bar's updates arrive apart,
-        # each starting with its own carriage return)
-        for out in cell.get("outputs", []):
-            if (out.get("output_type") == "stream" and merged
-                    and merged[-1].get("output_type") == "stream"
-                    and merged[-1]["name"] == out["name"] == "stderr"):
-                merged[-1]["text"] += out["text"]
-            else:
-                merged.append(out)
+        if "outputs" not in cell:
+            continue
+        merged = merge_streams(cell["outputs"])
         for out in merged:
             if out.get("output_type") == "stream":
                 out["text"] = settle(out["text"])
@@ -51,8 +59,7 @@ def clean(nb) -> None:
         # nothing but line breaks shows as an empty box
         merged = [out for out in merged if out.get("output_type") != "stream"
                   or out["name"] != "stderr" or out["text"].strip()]
-        if "outputs" in cell:
-            cell["outputs"] = merged
+        cell["outputs"] = merge_streams(merged)
 
 
 def main(args: list[str]) -> int:
