@@ -72,7 +72,7 @@ from .config import ModelConfig
 from .ffn import init_weight, linear
 from .norm import RMSNorm, rms_norm
 from .rope import apply_rope, rope_angles
-from .sparse_attention import indexer_scores
+from .sparse_attention import indexer_scores, select_top_k
 
 
 class CompressedKVCache(NamedTuple):
@@ -448,13 +448,11 @@ class CompressedAttention(nnx.Module):
 
 def top_k_entries(scores: jax.Array, allowed: jax.Array, top_k: int) -> jax.Array:
     """[batch, q_len, n] True for each query's ``top_k`` highest-scoring allowed entries (all
-    allowed ones when fewer). scores, allowed: [batch, q_len, n]."""
-    n = scores.shape[-1]
-    masked = jnp.where(allowed, scores, -jnp.inf)
-    k = min(top_k, n)
-    _, idx = jax.lax.top_k(masked, k)  # [batch, q_len, k]
-    hit = jnp.any(idx[..., None] == jnp.arange(n), axis=-2)  # [batch, q_len, n]
-    return hit & allowed
+    allowed ones when fewer): DSA's selection (``sparse_attention.select_top_k``) as a mask
+    over the entries. scores, allowed: [batch, q_len, n]."""
+    idx, valid = select_top_k(scores, allowed, top_k)  # [batch, q_len, k]
+    hit = (idx[..., None] == jnp.arange(scores.shape[-1])) & valid[..., None]  # [b, q, k, n]
+    return jnp.any(hit, axis=-2)
 
 
 def _raise_if_full(end, capacity, ratio):

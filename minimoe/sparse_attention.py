@@ -87,15 +87,15 @@ def indexer_scores(q_idx: jax.Array, k_idx: jax.Array, w_idx: jax.Array) -> jax.
 def select_top_k(scores: jax.Array, mask: jax.Array, top_k: int):
     """Each query's ``top_k`` highest-scoring allowed keys.
 
-    scores: [batch, q_len, k_len]; mask: [q_len, k_len] (True = allowed). Returns idx
-    [batch, q_len, k] and valid [batch, q_len, k] with k = min(top_k, k_len); ``valid`` is False
-    for picks that were not allowed (a query with fewer than k allowed keys), which must be
-    masked out. Ties go to the lower position (``lax.top_k``).
+    scores: [batch, q_len, k_len]; mask: [q_len, k_len] or [batch, q_len, k_len] (True =
+    allowed). Returns idx [batch, q_len, k] and valid [batch, q_len, k] with k = min(top_k,
+    k_len); ``valid`` is False for picks that were not allowed (a query with fewer than k
+    allowed keys), which must be masked out. Ties go to the lower position (``lax.top_k``).
     """
     k = min(top_k, scores.shape[-1])
-    masked = jnp.where(mask[None], scores, NEG_INF)
-    _, idx = jax.lax.top_k(masked, k)  # [batch, q_len, k]
-    valid = jnp.take_along_axis(jnp.broadcast_to(mask[None], scores.shape), idx, axis=-1)
+    mask = jnp.broadcast_to(mask, scores.shape)  # [batch, q_len, k_len]
+    _, idx = jax.lax.top_k(jnp.where(mask, scores, NEG_INF), k)  # [batch, q_len, k]
+    valid = jnp.take_along_axis(mask, idx, axis=-1)
     return idx, valid
 
 

@@ -109,7 +109,7 @@ def test_compress_equals_a_per_window_loop_in_one_chunk_and_in_pieces(ratio, ove
 
 # --- the indexer's selection against brute force -----------------------------------------------
 
-def testtop_k_entries_equals_brute_force():
+def test_top_k_entries_equals_brute_force():
     scores = jax.random.normal(jax.random.key(3), (2, 6, 7))
     allowed = jax.random.bernoulli(jax.random.key(4), 0.6, (2, 6, 7))
     got = np.asarray(top_k_entries(scores, allowed, 3))
