@@ -65,10 +65,13 @@ DEFAULT_STRATEGIES = ("sort", "onehot", "dropless", "ragged_dot")  # reference: 
 SCALING_EXPERTS = (16, 32, 64, 128, 256)
 
 # The model whose full training step gives ``tokens_per_s``: a stand-in of the notebook-04
-# MoE (2 routed experts of hidden 128 per token = the dense d_ff of 256).
+# MoE (2 routed experts of hidden 128 per token = the dense d_ff of 256), with attention tiled
+# over the batch (``fast.tiled_attention``): on a 2-core CPU its training step and its dense
+# twin's ran 10-25% faster that way than with the whole batch's scores at once.
 TRAIN_MODEL = ModelConfig(d_model=64, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128,
                           moe=MoEConfig(n_experts=16, top_k=2, d_expert=128,
-                                        capacity_factor=1.25))
+                                        capacity_factor=1.25),
+                          attention_tiling=True)
 
 
 @dataclass(frozen=True)
