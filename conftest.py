@@ -6,7 +6,7 @@ and machines; they are not part of a notebook's contract. Plain-text outputs are
 
 import os
 
-# Training cells store a finished text progress bar, not a widget (minimoe.train.progress_bar);
+# Training cells store a finished text progress bar, not a widget (minimoe.training.train.progress_bar);
 # the kernels nbval starts inherit this environment.
 os.environ.setdefault("MINIMOE_PROGRESS", "text")
 

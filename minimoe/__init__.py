@@ -10,13 +10,26 @@ The main API is importable from the package itself::
     trainer = mm.Trainer(mm.Transformer(cfg, rngs=nnx.Rngs(0)), mm.TrainConfig(steps=50), train, val)
     trainer.run()
 
-Every module (``minimoe.router``, ``minimoe.dispatch``, ...) stays importable on its own.
-Read them in the course's order: ``config``, ``norm``, ``rope``, ``ffn``, ``attention``,
-``model``, ``accounting`` (a dense transformer); ``router``, ``experts``, ``dispatch``,
-``moe`` (the MoE); ``mla``, ``sparse_attention``, ``compressed_attention``, ``kv_cache`` (long
-context); ``hyper_connections``, ``mtp``, ``quant`` (DeepSeek-V4's block). ``minimoe.fast``
-holds the code that only makes these faster; ``cost``, ``parallel``, ``checkpoints`` and
-``bench`` are tools around the model.
+The package is laid out in the course's order, one room per part of the story (notebook
+numbers on the left):
+
+           config        the frozen, validated configs every part reads
+    01     blocks/       a dense transformer's blocks: norm, rope, ffn, attention
+    01     model         the decoder LM, dense or MoE per layer, and sampling
+    01     accounting    its parameter and FLOP counts
+    02-04  moe/          router, experts, dispatch and the MoE layer
+    05-06  long_context/ KV-cache sizes, MLA, sparse and DeepSeek-V4's compressed attention
+    10     v4/           DeepSeek-V4's hyper-connections, multi-token prediction, FP8/FP4
+    07     fast/         code that only makes the above faster, each piece tested equal
+           training/     the course corpus and the train loop
+    04, 10 experiments/  the two long experiments
+    08-09  cost/, parallel/, checkpoints, bench, diagrams: tools around the model (the
+                         serving calculator, expert parallelism, Hugging Face checkpoints,
+                         the benchmark, the notebooks' diagrams)
+
+Each room's ``__init__`` lists its modules in reading order; every module is importable on
+its own (``minimoe.moe.router``, ``minimoe.blocks.attention``, ...).
+
 Layer constructors follow one convention: the settings first (a config, or ``d_model`` and a
 config for the FFN layers), then ``rngs=`` as a keyword.
 """
@@ -25,10 +38,10 @@ __version__ = "0.1.0"
 
 from .config import ModelConfig, MoEConfig
 from .cost import from_hf_config
-from .data import CorpusConfig, course_corpus
 from .model import Transformer, generate
-from .moe import MoELayer, MoEStats
-from .train import TrainConfig, Trainer
+from .moe.layer import MoELayer, MoEStats
+from .training.data import CorpusConfig, course_corpus
+from .training.train import TrainConfig, Trainer
 
 __all__ = ["ModelConfig", "MoEConfig", "Transformer", "generate", "MoELayer", "MoEStats",
            "TrainConfig", "Trainer", "CorpusConfig", "course_corpus", "from_hf_config"]

@@ -16,7 +16,7 @@ import jax
 from flax import nnx
 
 from .config import ModelConfig
-from .router import DEEPSEEK_SCORES
+from .moe.router import DEEPSEEK_SCORES
 
 
 def _attention_params(cfg: ModelConfig) -> int:

@@ -53,13 +53,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minimoe.blocks.ffn import SwiGLU
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.dispatch import (DROPLESS_STRATEGIES, STRATEGIES, buffer_maps, compute_capacity,
-                              sort_assignments)
-from minimoe.experts import expert_ffn
 from minimoe.fast.gather import from_buffers, to_buffers
-from minimoe.ffn import SwiGLU
-from minimoe.moe import MoELayer
+from minimoe.moe.dispatch import (DROPLESS_STRATEGIES, STRATEGIES, buffer_maps, compute_capacity,
+                                  sort_assignments)
+from minimoe.moe.experts import expert_ffn
+from minimoe.moe.layer import MoELayer
 
 DEFAULT_STRATEGIES = ("sort", "onehot", "dropless", "ragged_dot")  # reference: tests only
 SCALING_EXPERTS = (16, 32, 64, 128, 256)
@@ -288,7 +288,7 @@ def train_tokens_per_s(model_cfg: ModelConfig, batch: int, seq: int,
     ``Transformer`` built from ``model_cfg``, and of its dense twin (``moe=None``), on random
     tokens; the two are timed in alternation."""
     from minimoe.model import Transformer
-    from minimoe.train import TrainConfig, make_optimizer, train_step
+    from minimoe.training.train import TrainConfig, make_optimizer, train_step
 
     tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, model_cfg.vocab_size)
     inputs, targets, key = tokens[:, :-1], tokens[:, 1:], jax.random.key(1)

@@ -24,7 +24,7 @@ Layouts. PyTorch's ``nn.Linear`` stores ``[out, in]``; minimoe computes ``x @ W`
 one module per expert (Mixtral's ``w1``/``w3``/``w2``, Qwen3's and DeepSeek's
 ``gate_proj``/``up_proj``/``down_proj``) or fused (Granite: ``input_linear`` holds gate and up
 stacked as ``[n_experts, 2 * d_expert, d_model]``); minimoe stacks them along a leading expert
-axis (``experts.py``). DeepSeek's checkpoints pair RoPE channels as ``(2i, 2i+1)``
+axis (``moe/experts.py``). DeepSeek's checkpoints pair RoPE channels as ``(2i, 2i+1)``
 ("interleaved"), and so does minimoe's MLA (``rope.apply_rope(..., interleaved=True)``, as in
 DeepSeek's own code): their rope columns load as they are. The other families pair channels as
 ``(i, i + d/2)`` (the half-split layout of ``transformers``' ``rotate_half``), minimoe's

@@ -288,7 +288,7 @@ class ModelConfig:
         max_seq_len: longest sequence the model (and its KV cache) handles.
         rope_theta: base of the rotary position embedding frequencies.
         norm_eps: epsilon of the blocks' RMSNorms (MLA's inner q/kv norms keep DeepSeek's
-            fixed 1e-6, see ``minimoe.mla``).
+            fixed 1e-6, see ``minimoe.long_context.mla``).
         tie_embeddings: reuse the input embedding as output projection.
         attention: attention variant, one of ``ATTENTION_KINDS`` (``ATTENTION_FIELDS`` says
             which of the fields below each one reads).
@@ -305,8 +305,8 @@ class ModelConfig:
             DeepSeek-V4 sets it independently (512). Honoured by ``gqa``, ``sliding``,
             ``sparse`` and ``compressed``; ``mla`` has its own sizes and rejects it.
 
-    DeepSeek-V4's compressed attention (``attention='compressed'``, ``compressed_attention.py``;
-    field names as in V4's config.json):
+    DeepSeek-V4's compressed attention (``attention='compressed'``,
+    ``long_context/compressed_attention.py``; field names as in V4's config.json):
         compress_ratios: one compress ratio per layer, plus optionally one trailing entry for an
             MTP layer (V4's config lists ``n_layers + 1``; the main stack reads the first
             ``n_layers``). 0: the layer keeps only its sliding window; r >= 2: it also attends
@@ -324,13 +324,13 @@ class ModelConfig:
 
     DeepSeek-V4's block (names as in V4's config.json; the defaults are today's model):
         hc_mult: residual streams of manifold-constrained hyper-connections (mHC,
-            ``hyper_connections.py``); 1 is the plain residual ``x + f(x)``.
+            ``v4/hyper_connections.py``); 1 is the plain residual ``x + f(x)``.
         hc_sinkhorn_iters: Sinkhorn iterations projecting mHC's stream-mixing matrix onto the
             doubly-stochastic matrices (V4: 20).
         hc_eps: the epsilon of mHC's weights and Sinkhorn normalisations (V4: 1e-6).
         num_hash_layers: the first ``num_hash_layers`` MoE layers route by a fixed token-id
             table (``tid2eid``) instead of by the router's top-k; needs a DeepSeek router.
-        num_nextn_predict_layers: 1 adds a multi-token-prediction module (``mtp.py``) that
+        num_nextn_predict_layers: 1 adds a multi-token-prediction module (``v4/mtp.py``) that
             predicts the token after next; 0 (default) has none.
 
     Features of published checkpoints (``minimoe.checkpoints``); each default is the course's

@@ -6,11 +6,11 @@ A layer's FFN is a dense SwiGLU, or a Mixture-of-Experts layer when ``cfg.moe`` 
 layer index is at least ``cfg.first_k_dense`` (DeepSeek keeps its first layers dense).
 
 DeepSeek-V4's block, each off by default: ``cfg.hc_mult > 1`` replaces the residual by
-manifold-constrained hyper-connections (``hyper_connections.py``: the embedding is copied
+manifold-constrained hyper-connections (``v4/hyper_connections.py``: the embedding is copied
 into ``hc_mult`` streams, every sub-layer is wrapped, the head combines the streams);
 ``cfg.num_hash_layers`` makes the first MoE layers route by token id (the blocks get the
 token ids); ``cfg.num_nextn_predict_layers = 1`` adds the multi-token-prediction module
-``Transformer.mtp`` (``mtp.py``).
+``Transformer.mtp`` (``v4/mtp.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import Attention
+from .blocks.attention import Attention
+from .blocks.ffn import SwiGLU, linear
+from .blocks.norm import RMSNorm
 from .config import ModelConfig
-from .ffn import SwiGLU, linear
-from .hyper_connections import HyperConnection, HyperHead, expand_streams
-from .norm import RMSNorm
+from .v4.hyper_connections import HyperConnection, HyperHead, expand_streams
 
 
 def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0) -> nnx.Module:
@@ -34,13 +34,13 @@ def make_attention(cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0) -> nnx.M
     if cfg.attention in ("gqa", "sliding"):  # Attention reads cfg.sliding_window itself
         return Attention(cfg, rngs=rngs)
     if cfg.attention == "mla":
-        from .mla import MLAttention
+        from .long_context.mla import MLAttention
         return MLAttention(cfg, rngs=rngs)
     if cfg.attention == "sparse":
-        from .sparse_attention import SparseAttention
+        from .long_context.sparse_attention import SparseAttention
         return SparseAttention(cfg, rngs=rngs)
     if cfg.attention == "compressed":
-        from .compressed_attention import CompressedAttention
+        from .long_context.compressed_attention import CompressedAttention
         return CompressedAttention(cfg, layer, rngs=rngs)
     raise ValueError(f"attention must be one of gqa, sliding, mla, sparse, compressed; "
                      f"got {cfg.attention!r}")
@@ -65,7 +65,7 @@ class Block(nnx.Module):
         self.is_hash = cfg.is_hash_layer(layer)
         self.residual_multiplier = cfg.residual_multiplier
         if self.is_moe:
-            from .moe import MoELayer
+            from .moe.layer import MoELayer
             self.ffn = MoELayer(cfg.d_model, cfg.moe, rngs=rngs,
                                 hash_vocab_size=cfg.vocab_size if self.is_hash else None)
         else:
@@ -139,7 +139,7 @@ class Transformer(nnx.Module):
         self.hc_head = (HyperHead(cfg.d_model, cfg.hc_mult, cfg.hc_eps, cfg.norm_eps, rngs=rngs)
                         if cfg.hc_mult > 1 else None)
         if cfg.num_nextn_predict_layers:
-            from .mtp import MTP
+            from .v4.mtp import MTP
             self.mtp = MTP(cfg, rngs=rngs)
         else:
             self.mtp = None

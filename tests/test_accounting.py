@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from minimoe import kv_cache
 from minimoe.accounting import (attention_flops_per_token, flops_per_token, matmul_flops,
                                 param_counts)
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.mla import MLAttention, mla_decode_flops_per_token
+from minimoe.long_context import kv_cache
+from minimoe.long_context.mla import MLAttention, mla_decode_flops_per_token
 from minimoe.model import Transformer, make_attention
 
 BASE = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=32,

@@ -12,11 +12,11 @@ import pytest
 from flax import nnx
 
 from minimoe.accounting import count_params, param_counts
-from minimoe.attention import Attention, KVCache, ring_positions
+from minimoe.blocks.attention import Attention, KVCache, ring_positions
 from minimoe.config import ModelConfig
-from minimoe.mla import MLACache, MLAttention
+from minimoe.long_context.mla import MLACache, MLAttention
+from minimoe.long_context.sparse_attention import SparseAttention, SparseKVCache, set_top_k
 from minimoe.model import Transformer, make_attention
-from minimoe.sparse_attention import SparseAttention, SparseKVCache, set_top_k
 
 BASE = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                    max_seq_len=32, index_n_heads=2, index_head_dim=8)
@@ -285,7 +285,7 @@ def test_param_counts_match_built_attention(name):
 def test_masked_softmax_against_an_explicit_loop():
     """Every attention variant's probabilities: masked keys get exactly 0, each row is a softmax
     over its visible keys alone, and a sink takes its share without a value behind it."""
-    from minimoe.attention import masked_softmax
+    from minimoe.blocks.attention import masked_softmax
 
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(2, 3, 5)).astype(np.float32) * 3
@@ -311,7 +311,7 @@ def test_cache_write_puts_each_new_token_at_its_absolute_slot():
     """The one cache write of the GQA, MLA and top-k sparse caches: slot start + i holds new
     token i in the cache's dtype, every other slot is left as it was (any rank of trailing
     axes, a traced start under jit)."""
-    from minimoe.attention import cache_write
+    from minimoe.blocks.attention import cache_write
 
     rng = np.random.default_rng(1)
     for trailing in ((), (3,), (2, 4)):

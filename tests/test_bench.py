@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minimoe import bench
-from minimoe.dispatch import STRATEGIES
+from minimoe.moe.dispatch import STRATEGIES
 
 TINY = bench.QUICK.replace(tokens=32, seq_len=16, repeats=1, strategies=("sort", "onehot"),
                            scaling_experts=(4, 8), matmul_size=64, train_batch=2,

@@ -9,11 +9,12 @@ import pytest
 from flax import nnx
 
 from minimoe.accounting import count_params
-from minimoe.capacity import (FactMemory, MemoryConfig, MemoryTrainConfig, bits_stored,
-                              capacity_models, load_sweep, memory_param_counts,
-                              most_frequent_accuracy, paired_difference, prior_bits, train_seeds)
 from minimoe.config import MoEConfig
-from minimoe.data import capacity_facts
+from minimoe.experiments.capacity import (FactMemory, MemoryConfig, MemoryTrainConfig, bits_stored,
+                                          capacity_models, load_sweep, memory_param_counts,
+                                          most_frequent_accuracy, paired_difference, prior_bits,
+                                          train_seeds)
+from minimoe.training.data import capacity_facts
 
 MOE = MoEConfig(n_experts=4, top_k=2, d_expert=8, router="softmax", dispatch="dropless")
 DENSE = MemoryConfig(64, 8, d_model=8, d_ff=16)

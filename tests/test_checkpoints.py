@@ -265,8 +265,8 @@ def test_yarn_frequencies_at_their_limits():
     """YaRN keeps the frequencies that rotate often over the pre-training context, divides
     the rare ones by ``factor``, ramps in between, and is the plain rotation when ``factor``
     is 1. (The parity test against transformers checks the exact values.)"""
+    from minimoe.blocks.rope import rope_angles, yarn_inv_freq
     from minimoe.config import YaRNConfig
-    from minimoe.rope import rope_angles, yarn_inv_freq
     dim, theta = 16, 10000.0
     plain = theta ** -(np.arange(0, dim, 2) / dim)
     np.testing.assert_allclose(yarn_inv_freq(dim, theta, YaRNConfig(1.0, 64)), plain, rtol=1e-6)

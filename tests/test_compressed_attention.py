@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe import kv_cache
-from minimoe.compressed_attention import (CompressedAttention, compress, compress_from_start,
-                                          top_k_entries)
 from minimoe.config import ModelConfig
+from minimoe.long_context import kv_cache
+from minimoe.long_context.compressed_attention import (CompressedAttention, compress,
+                                                       compress_from_start, top_k_entries)
 from minimoe.model import Transformer, make_attention
 
 # layer 0: window only, layer 1: CSA (ratio 2, overlapping windows, indexer), layer 2: HCA (4)

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from minimoe import cost
-from minimoe.kv_cache import compressed_kv_values_per_token
+from minimoe.long_context.kv_cache import compressed_kv_values_per_token
 
 
 def numel(tensors, keep=lambda name: True):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from minimoe.data import (DOMAINS, ByteTokenizer, CorpusConfig, TokenData, answer_batch, build_split,
-                          facts_table, generate_documents, get_batch, load_text_file,
-                          make_document)
+from minimoe.training.data import (DOMAINS, ByteTokenizer, CorpusConfig, TokenData, answer_batch,
+                                   build_split, facts_table, generate_documents, get_batch,
+                                   load_text_file, make_document)
 
 SMALL = CorpusConfig(n_tokens=20_000)
 
@@ -123,7 +123,7 @@ def test_corpus_does_not_depend_on_the_interpreters_hash_seed():
     import subprocess
     import sys
 
-    code = ("from minimoe.data import CorpusConfig, build_split; import hashlib; "
+    code = ("from minimoe.training.data import CorpusConfig, build_split; import hashlib; "
             "print(hashlib.sha256(build_split(CorpusConfig(n_tokens=5000), 'train').tokens.tobytes()).hexdigest())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
@@ -144,7 +144,7 @@ def test_get_batch_reaches_every_window_including_the_last():
 
 
 def test_content_recall_batch_answers_by_the_asked_key_at_the_stated_distance():
-    from minimoe.data import FACT_TOKEN_BASE, content_recall_batch, content_recall_text
+    from minimoe.training.data import FACT_TOKEN_BASE, content_recall_batch, content_recall_text
     b = content_recall_batch(0, 3, 64, 40, n_facts=3, min_distance=5, max_distance=30)
     assert b.inputs.shape == (64, 40) and b.target.shape == b.distance.shape == (64,)
     for row, target, d in zip(b.inputs, b.target, b.distance):

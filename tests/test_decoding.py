@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe.attention import Attention, causal_mask, grouped_attention
+from minimoe.blocks.attention import Attention, causal_mask, grouped_attention
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.model import Transformer, generate, make_attention
 
@@ -155,6 +155,6 @@ def test_attention_built_from_a_sliding_config_uses_its_window():
 def test_attention_modules_refuse_a_config_of_another_kind():
     with pytest.raises(ValueError, match="a config with attention='mla' builds MLAttention"):
         Attention(CACHED["mla"], rngs=nnx.Rngs(0))
-    from minimoe.sparse_attention import SparseAttention
+    from minimoe.long_context.sparse_attention import SparseAttention
     with pytest.raises(ValueError, match="SparseAttention needs a config with attention='sparse'"):
         SparseAttention(BASE, rngs=nnx.Rngs(0))

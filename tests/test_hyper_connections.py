@@ -9,10 +9,10 @@ from flax import nnx
 
 from minimoe.accounting import count_params, param_counts
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.hyper_connections import (HCCoefficients, HyperConnection, depth_gain,
-                                       expand_streams, hc_coefficients, hc_head, hc_post,
-                                       hc_pre, hc_residual, sinkhorn, stream_mixes)
 from minimoe.model import Block, Transformer
+from minimoe.v4.hyper_connections import (HCCoefficients, HyperConnection, depth_gain,
+                                          expand_streams, hc_coefficients, hc_head, hc_post, hc_pre,
+                                          hc_residual, sinkhorn, stream_mixes)
 
 CFG = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=32)
 

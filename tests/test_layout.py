@@ -1,4 +1,4 @@
-"""The README's package table lists exactly what is in ``minimoe/``."""
+"""The README's package table lists exactly what is in ``minimoe/``, folder by folder."""
 
 import pkgutil
 import re
@@ -7,23 +7,44 @@ from pathlib import Path
 import minimoe
 
 ROOT = Path(__file__).resolve().parents[1]
+PKG = Path(minimoe.__file__).parent
 
 
-def package_table() -> set[str]:
+def package_rows() -> list[tuple[set[str], str]]:
+    """(names in the module column, text of the description column) per row of the table."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## The package\n", 1)[1].split("\n## ", 1)[0]
-    names = set()
+    rows = []
     for row in section.splitlines():
         cells = row.split("|")
         if row.startswith("|") and len(cells) > 3:
-            names.update(re.findall(r"`([\w/.]+)`", cells[2]))  # the module column
-    return names
+            rows.append((set(re.findall(r"`([\w/.]+)`", cells[2])), cells[3]))
+    return rows
 
 
 def test_readme_package_table_matches_the_tree():
-    pkg = Path(minimoe.__file__).parent
     tree = {f"{m.name}/" if m.ispkg else f"{m.name}.py"
-            for m in pkgutil.iter_modules([str(pkg)])}
-    tree |= {f"{p.name}/" for p in pkg.iterdir()
+            for m in pkgutil.iter_modules([str(PKG)])}
+    tree |= {f"{p.name}/" for p in PKG.iterdir()
              if p.is_dir() and not (p / "__init__.py").exists() and not p.name.startswith(("__", "."))}
-    assert package_table() == tree
+    assert set().union(*(names for names, _ in package_rows())) == tree
+
+
+def test_each_folder_row_names_exactly_its_modules():
+    folders = 0
+    for names, description in package_rows():
+        for name in names:
+            if name.endswith("/") and (PKG / name / "__init__.py").exists():
+                modules = {f"{m.name}.py" for m in pkgutil.iter_modules([str(PKG / name)])}
+                named = set(re.findall(r"`(\w+\.py)`", description))
+                assert named == modules, (name, named ^ modules)
+                folders += 1
+    assert folders >= 9
+
+
+def test_each_folder_docstring_lists_its_modules():
+    for init in PKG.glob("*/__init__.py"):
+        modules = {m.name for m in pkgutil.iter_modules([str(init.parent)])}
+        doc = (init.read_text().split('"""')[1])
+        listed = {name for name in modules if re.search(rf"\b{name}\b", doc)}
+        assert listed == modules, (init.parent.name, modules - listed)

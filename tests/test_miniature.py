@@ -11,10 +11,10 @@ from flax import nnx
 from minimoe.accounting import param_counts
 from minimoe.checkpoints import config_from_hf, load_checkpoint
 from minimoe.cost import from_hf_config, load_model_config
-from minimoe.miniature import (MINI_V4_SIZES, dense_twin, shrink_schedule, shrink_v4_config,
-                               v3_twin, v4_mini_config)
+from minimoe.experiments.miniature import (MINI_V4_SIZES, dense_twin, shrink_schedule,
+                                           shrink_v4_config, v3_twin, v4_mini_config)
 from minimoe.model import Transformer
-from minimoe.router import HashTable, RouterBias
+from minimoe.moe.router import HashTable, RouterBias
 
 V4_CONFIGS = ("DeepSeek-V4-Flash", "DeepSeek-V4-Pro")
 
@@ -134,8 +134,8 @@ def test_load_checkpoint_refuses_v4_weights(tmp_path):
 
 def test_run_capstone_measures_what_the_notebook_reads():
     """Two steps of the notebook's experiment: every measurement is there and sane."""
-    from minimoe.data import course_corpus
-    from minimoe.miniature import capstone_train_config, run_capstone
+    from minimoe.experiments.miniature import capstone_train_config, run_capstone
+    from minimoe.training.data import course_corpus
 
     train, val = course_corpus()
     tcfg = capstone_train_config(0, steps=2).replace(eval_batches=1)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minimoe.attention import Attention, causal_mask, grouped_attention
+from minimoe.blocks.attention import Attention, causal_mask, grouped_attention
+from minimoe.blocks.ffn import SwiGLU
+from minimoe.blocks.norm import RMSNorm
+from minimoe.blocks.rope import apply_rope, rope_angles
 from minimoe.config import ModelConfig
 from minimoe.fast.tiled_attention import SCORES_PER_TILE, batch_chunk, tiled_attention
-from minimoe.ffn import SwiGLU
 from minimoe.model import generate, sample_logits
-from minimoe.norm import RMSNorm
-from minimoe.rope import apply_rope, rope_angles
 
 
 def test_rms_norm_matches_numpy():
@@ -217,10 +217,12 @@ def test_no_nans_in_logits_or_gradients(tiny_model):
 
 def test_the_package_exports_its_main_api():
     import minimoe as mm
-    from minimoe import config, cost, data, model, moe, train
+    from minimoe import config, cost, model
+    from minimoe.moe import layer
+    from minimoe.training import data, train
 
     homes = {"ModelConfig": config, "MoEConfig": config, "Transformer": model,
-             "generate": model, "MoELayer": moe, "MoEStats": moe, "TrainConfig": train,
+             "generate": model, "MoELayer": layer, "MoEStats": layer, "TrainConfig": train,
              "Trainer": train, "CorpusConfig": data, "course_corpus": data,
              "from_hf_config": cost}
     assert set(mm.__all__) == set(homes)

@@ -1,4 +1,4 @@
-"""The MoE layer (minimoe.moe): equivalences with dense FFNs and explicit loops, statistics,
+"""The MoE layer (minimoe.moe.layer): equivalences with dense FFNs and explicit loops, statistics,
 gradients, and DeepSeek's bias balancing."""
 
 import jax
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from minimoe.blocks.ffn import SwiGLU
 from minimoe.config import MoEConfig
-from minimoe.ffn import SwiGLU
-from minimoe.moe import MoELayer, MoEStats
-from minimoe.router import RouterBias, sigmoid_scores
+from minimoe.moe.layer import MoELayer, MoEStats
+from minimoe.moe.router import RouterBias, sigmoid_scores
 
 # Small, mostly shared shapes: on a CPU the test time is dominated by compiling, and every
 # new weight shape compiles its own random initialiser.
@@ -234,7 +234,7 @@ def test_bias_update_inside_jit_reduces_imbalance():
 
 
 def test_stats_report_each_tokens_experts_and_per_domain_routing():
-    from minimoe.moe import balance_metrics, routing_by_domain
+    from minimoe.moe.layer import balance_metrics, routing_by_domain
 
     cfg = MoEConfig(n_experts=4, top_k=2, d_expert=8)
     layer = MoELayer(8, cfg, rngs=nnx.Rngs(0))
@@ -266,7 +266,7 @@ def test_top1_router_learns_from_the_output():
     for router in ("softmax", "noisy_topk", "deepseek_v3", "switch"):
         assert router_grad(router=router) > 1e-3, router
     # the reason: with renormalisation the top-1 weight is exactly 1 whatever the logits
-    from minimoe.router import softmax_topk
+    from minimoe.moe.router import softmax_topk
     g = jax.grad(lambda h: softmax_topk(h, 1, True).expert_weights.sum())(inputs(13)[0])
     assert float(jnp.abs(g).max()) < 1e-6
 
@@ -299,7 +299,7 @@ def test_expert_choice_stats_name_the_strongest_expert_or_minus_one():
 
 
 def test_consecutive_overlap_against_a_loop():
-    from minimoe.moe import consecutive_overlap
+    from minimoe.moe.layer import consecutive_overlap
     rng = np.random.default_rng(0)
     idx = np.stack([rng.choice(8, 3, replace=False) for _ in range(50)])  # [seq, top_k]
     want = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(idx[:-1], idx[1:])])

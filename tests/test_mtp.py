@@ -8,10 +8,10 @@ import pytest
 from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.data import CorpusConfig, course_corpus
 from minimoe.model import Transformer, generate
-from minimoe.mtp import mtp_inputs, speculative_generate
-from minimoe.train import TrainConfig, Trainer
+from minimoe.training.data import CorpusConfig, course_corpus
+from minimoe.training.train import TrainConfig, Trainer
+from minimoe.v4.mtp import mtp_inputs, speculative_generate
 
 CFG = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64,
                   num_nextn_predict_layers=1)

@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.data import CorpusConfig, course_corpus
 from minimoe.model import Transformer
-from minimoe.train import TrainConfig, Trainer, _path_names, muon_labels
+from minimoe.training.data import CorpusConfig, course_corpus
+from minimoe.training.train import TrainConfig, Trainer, _path_names, muon_labels
 
 CFG = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64,
                   tie_embeddings=False, hc_mult=2, num_nextn_predict_layers=1,

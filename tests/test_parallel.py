@@ -16,10 +16,10 @@ from jax.sharding import PartitionSpec as P
 
 from minimoe import parallel as par
 from minimoe.config import ModelConfig, MoEConfig
-from minimoe.data import CorpusConfig, course_corpus, get_batch
 from minimoe.model import Transformer
-from minimoe.moe import MoELayer
-from minimoe.train import TrainConfig, make_optimizer, train_step
+from minimoe.moe.layer import MoELayer
+from minimoe.training.data import CorpusConfig, course_corpus, get_batch
+from minimoe.training.train import TrainConfig, make_optimizer, train_step
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8,

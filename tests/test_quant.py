@@ -10,8 +10,8 @@ from flax import nnx
 
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.model import Transformer
-from minimoe.quant import (E2M1_VALUES, dequantize, fake_quantize, pack_fp4, quantize,
-                           quantize_experts, storage_nbytes, unpack_fp4)
+from minimoe.v4.quant import (E2M1_VALUES, dequantize, fake_quantize, pack_fp4, quantize,
+                              quantize_experts, storage_nbytes, unpack_fp4)
 
 
 def format_values(n_bits: int, exp_bits: int, man_bits: int, bias: int, nan_codes=()):

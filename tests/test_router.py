@@ -1,4 +1,4 @@
-"""Routers, balance losses and bias balancing (minimoe.router) -- and MoEConfig's checks."""
+"""Routers, balance losses and bias balancing (minimoe.moe.router) -- and MoEConfig's checks."""
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minimoe.config import MoEConfig
-from minimoe.router import (ExpertChoiceOutput, Router, RouterBias, RouterOutput,
-                            deepseek_route, expert_choice, group_limited_mask, noisy_topk,
-                            router_logits, router_z_loss, sequence_aux_loss, sigmoid_scores,
-                            softmax_topk, sqrt_softplus_scores, switch_aux_loss, switch_top1,
-                            update_router_bias)
+from minimoe.moe.router import (ExpertChoiceOutput, Router, RouterBias, RouterOutput,
+                                deepseek_route, expert_choice, group_limited_mask, noisy_topk,
+                                router_logits, router_z_loss, sequence_aux_loss, sigmoid_scores,
+                                softmax_topk, sqrt_softplus_scores, switch_aux_loss, switch_top1,
+                                update_router_bias)
 
 
 def random_logits(seed, tokens, n_experts, scale=2.0):

@@ -1,21 +1,18 @@
 import json
 
 import jax
-import optax
-
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from minimoe.config import MoEConfig
-from minimoe.data import ByteTokenizer, CorpusConfig, course_corpus, fact_documents, facts_table, generate_documents
+from minimoe.config import ModelConfig, MoEConfig
 from minimoe.model import Transformer
-from minimoe.train import (TrainConfig, Trainer, answer_metrics, exact_match, make_optimizer,
-                           make_schedule,
-                           token_cross_entropy)
-
-from minimoe.config import ModelConfig
+from minimoe.training.data import (ByteTokenizer, CorpusConfig, course_corpus, fact_documents,
+                                   facts_table, generate_documents)
+from minimoe.training.train import (TrainConfig, Trainer, answer_metrics, exact_match,
+                                    make_optimizer, make_schedule, token_cross_entropy)
 
 TINY = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64)
 
@@ -170,7 +167,7 @@ def test_weight_decay_applies_to_matrices_only():
 def test_gradient_clipping_comes_before_adam():
     """The moments AdamW accumulates are those of the clipped gradient (global norm
     ``clip_norm``), not of the raw one."""
-    from minimoe.train import _transform
+    from minimoe.training.train import _transform
     tx = _transform(TCFG.replace(lr=1e-2, warmup_steps=0, clip_norm=0.5))
     params = {"a": jnp.ones((3, 3)), "b": jnp.ones((4,))}
     g = {"a": jnp.full((3, 3), 100.0), "b": jnp.arange(4.0) * 50}

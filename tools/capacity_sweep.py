@@ -24,9 +24,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from minimoe.capacity import (CAPACITY_MOE, MemoryConfig, MemoryTrainConfig, capacity_models,
-                              memory_param_counts, most_frequent_accuracy, prior_bits, train_seeds)
-from minimoe.data import capacity_facts
+from minimoe.experiments.capacity import (CAPACITY_MOE, MemoryConfig, MemoryTrainConfig,
+                                          capacity_models, memory_param_counts,
+                                          most_frequent_accuracy, prior_bits, train_seeds)
+from minimoe.training.data import capacity_facts
 
 N_VALUES = 64  # each fact is log2(64) = 6 bits
 D_MODEL = 16

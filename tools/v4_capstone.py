@@ -24,8 +24,8 @@ from pathlib import Path
 
 import jax
 
-from minimoe.data import course_corpus
-from minimoe.miniature import capstone_runs, capstone_train_config, run_capstone
+from minimoe.experiments.miniature import capstone_runs, capstone_train_config, run_capstone
+from minimoe.training.data import course_corpus
 
 SEEDS = (0, 1, 2, 3)
 TIMED_STEPS = 50
@@ -38,7 +38,7 @@ def add_timings(out: Path, runs: dict, names, train, val, steps: int = TIMED_STE
     from flax import nnx
 
     from minimoe.model import Transformer
-    from minimoe.train import Trainer
+    from minimoe.training.train import Trainer
 
     data = json.loads(out.read_text())
     data["timing"] = {"steps": steps, "jax": jax.__version__, "backend": jax.default_backend(),

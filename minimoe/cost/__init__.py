@@ -3,7 +3,7 @@ roofline tokens/s and dollars per million tokens.
 
 The calculator itself uses only the standard library (no JAX, NumPy or pickle); it shares
 one formula with the model code, the per-layer size of DeepSeek-V4's compressed cache
-(:func:`minimoe.kv_cache.compressed_kv_values_per_token`).
+(:func:`minimoe.long_context.kv_cache.compressed_kv_values_per_token`).
 
 The model, in four steps, one module each
 -----------------------------------------

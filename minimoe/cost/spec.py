@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..kv_cache import compressed_kv_values_per_token
+from ..long_context.kv_cache import compressed_kv_values_per_token
 
 ATTENTION_LAYER_KINDS = ("full", "sliding", "linear", "window", "csa", "hca", "dsa")
 
@@ -73,7 +73,7 @@ class LayerAttention:
     def kv_slope_values(self) -> float:
         """Values one more token of context adds at long context (past any window): a full
         layer's ``entry_values``; V4's compressed entries per token
-        (:func:`minimoe.kv_cache.compressed_kv_values_per_token`); 0 for sliding, window-only
+        (:func:`minimoe.long_context.kv_cache.compressed_kv_values_per_token`); 0 for sliding, window-only
         and linear layers."""
         if self.kind in ("full", "dsa"):
             return float(self.entry_values)

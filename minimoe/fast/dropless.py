@@ -15,9 +15,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from minimoe.dispatch import DispatchResult, SortedAssignments, check_dropless, sort_assignments
-from minimoe.experts import expert_ffn
-from minimoe.ffn import swiglu_activation
+from minimoe.blocks.ffn import swiglu_activation
+from minimoe.moe.dispatch import DispatchResult, SortedAssignments, check_dropless, sort_assignments
+from minimoe.moe.experts import expert_ffn
 
 DEFAULT_BLOCK_SIZE = 16
 

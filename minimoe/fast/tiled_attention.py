@@ -51,7 +51,7 @@ def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     """``attention.grouped_attention(q, k, v, mask, scale)`` (same shapes and meaning),
     ``batch_chunk`` sequences at a time: the whole batch at once when its scores
     [batch, n_heads, q_len, k_len] fit in ``SCORES_PER_TILE``."""
-    from minimoe.attention import grouped_attention  # the computation tiled here
+    from minimoe.blocks.attention import grouped_attention  # the computation tiled here
 
     b, s, h, _ = q.shape
     chunk = batch_chunk(b, h * s * k.shape[1])

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
-from minimoe.dispatch import (DispatchResult, compute_capacity, count_tokens_per_expert,
-                              position_in_expert, resolve_capacity)
-from minimoe.experts import expert_ffn
-from minimoe.moe import MoELayer, MoEStats, check_moe_input
+from minimoe.moe.dispatch import (DispatchResult, compute_capacity, count_tokens_per_expert,
+                                  position_in_expert, resolve_capacity)
+from minimoe.moe.experts import expert_ffn
+from minimoe.moe.layer import MoELayer, MoEStats, check_moe_input
+from minimoe.moe.router import RouterOutput
 from minimoe.parallel.mesh import (BATCH_AXES, EXPERT, check_experts_divisible, expert_degree,
                                    shard_map, shard_params)
-from minimoe.router import RouterOutput
 
 
 # ----------------------------------------------------------------------------------------

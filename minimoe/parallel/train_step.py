@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from minimoe.parallel.mesh import batch_sharding, state_shardings
 
@@ -25,7 +26,7 @@ class ShardedTrainStep:
     """
 
     def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, mesh: Mesh):
-        from minimoe.train import train_step
+        from minimoe.training.train import train_step
 
         self.model, self.optimizer, self.mesh = model, optimizer, mesh
         graphdef, state = nnx.split((model, optimizer))

@@ -14,7 +14,7 @@ are trained, but a checkpoint only works with the layout it was trained with:
 - interleaved (``interleaved=True``): pair i is ``(x[2i], x[2i + 1])``, RoFormer's eq. 34 as
   written. DeepSeek's own MLA code (``apply_rotary_emb`` in DeepSeek-V3's
   ``inference/model.py``) reads each pair as one complex number ``x[2i] + j x[2i+1]`` and
-  multiplies it by ``exp(j * angle)``; ``minimoe.mla`` uses this layout so the two can be
+  multiplies it by ``exp(j * angle)``; ``minimoe.long_context.mla`` uses this layout so the two can be
   compared line by line.
 """
 

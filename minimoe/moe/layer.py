@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minimoe.blocks.ffn import SwiGLU
 from minimoe.config import MoEConfig
-from minimoe.dispatch import DispatchResult, compute_capacity, dispatch
-from minimoe.experts import Experts, expert_ffn
-from minimoe.ffn import SwiGLU
-from minimoe.router import (ExpertChoiceOutput, Router, RouterOutput, router_z_loss,
-                            sequence_aux_loss, switch_aux_loss, update_router_bias)
+from minimoe.moe.dispatch import DispatchResult, compute_capacity, dispatch
+from minimoe.moe.experts import Experts, expert_ffn
+from minimoe.moe.router import (ExpertChoiceOutput, Router, RouterOutput, router_z_loss,
+                                sequence_aux_loss, switch_aux_loss, update_router_bias)
 
 
 class MoEStats(NamedTuple):

@@ -29,15 +29,15 @@ import time
 import jax.numpy as jnp
 from flax import nnx
 
-from .accounting import param_counts
-from .checkpoints import config_from_hf
-from .config import ModelConfig
-from .cost import load_model_config
-from .data import CorpusConfig, eval_batches, generate_documents
-from .model import Transformer
-from .mtp import mtp_inputs
-from .quant import quantize_experts
-from .train import TrainConfig, Trainer, answer_metrics
+from ..accounting import param_counts
+from ..checkpoints import config_from_hf
+from ..config import ModelConfig
+from ..cost import load_model_config
+from ..model import Transformer
+from ..training.data import CorpusConfig, eval_batches, generate_documents
+from ..training.train import TrainConfig, Trainer, answer_metrics
+from ..v4.mtp import mtp_inputs
+from ..v4.quant import quantize_experts
 
 MINI_V4_SIZES = {
     "vocab_size": 256,              # the course's byte tokenizer

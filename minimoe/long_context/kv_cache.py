@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import jax
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def cache_values_per_token(cfg: ModelConfig) -> int:

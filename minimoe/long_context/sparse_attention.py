@@ -46,11 +46,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import (NEG_INF, Attention, cache_write, causal_mask, check_cache_room,
-                        masked_softmax, poison_on_overflow)
-from .config import ModelConfig
-from .ffn import init_weight, linear
-from .rope import apply_rope, rope_angles
+from ..blocks.attention import (NEG_INF, Attention, cache_write, causal_mask, check_cache_room,
+                                masked_softmax, poison_on_overflow)
+from ..blocks.ffn import init_weight, linear
+from ..blocks.rope import apply_rope, rope_angles
+from ..config import ModelConfig
 
 
 class SparseKVCache(NamedTuple):

@@ -49,10 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minimoe.blocks.ffn import swiglu
 from minimoe.config import DISPATCHES, DROPLESS_DISPATCHES
-from minimoe.experts import expert_ffn
 from minimoe.fast.gather import from_buffers, to_buffers
-from minimoe.ffn import swiglu
+from minimoe.moe.experts import expert_ffn
 
 STRATEGIES = DISPATCHES
 DROPLESS_STRATEGIES = DROPLESS_DISPATCHES
@@ -315,8 +315,7 @@ def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 
 # The two strategies that never drop build on the sorting above; they are speed code and live
 # with the rest of it (minimoe/fast/).
-from minimoe.fast.dropless import (DEFAULT_BLOCK_SIZE, dispatch_dropless,  # noqa: E402
-                                   dispatch_ragged_dot)
+from minimoe.fast.dropless import DEFAULT_BLOCK_SIZE, dispatch_dropless, dispatch_ragged_dot  # noqa: E402
 
 _IMPLEMENTATIONS = {
     "reference": dispatch_reference,

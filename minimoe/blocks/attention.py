@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .config import ModelConfig
-from .fast.tiled_attention import tiled_attention
+from ..config import ModelConfig
+from ..fast.tiled_attention import tiled_attention
 from .ffn import init_weight, linear
 from .norm import RMSNorm
 from .rope import apply_rope, rope_angles

@@ -53,7 +53,7 @@ loop, and decoding against the full forward pass for every kind.
 
 Simplifications at course scale, said here so nothing is hidden: no YaRN scaling of
 ``compress_rope_theta`` (V4 extends its 64K pretraining window to 1M; the course's sequences are
-short); RoPE pairs channel i with i + d/2 (``rope.py``) where V4 pairs adjacent channels, the
+short); RoPE pairs channel i with i + d/2 (``blocks/rope.py``) where V4 pairs adjacent channels, the
 same rotation up to a fixed permutation of the rope channels; no FP8/FP4 quantisation or
 Hadamard rotation of cached entries; the selected entries are applied as a mask over all
 entries instead of a gather, which is the same result at this size.
@@ -67,11 +67,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import NEG_INF, causal_mask, masked_softmax, ring_positions, ring_write
-from .config import ModelConfig
-from .ffn import init_weight, linear
-from .norm import RMSNorm, rms_norm
-from .rope import apply_rope, rope_angles
+from ..blocks.attention import NEG_INF, causal_mask, masked_softmax, ring_positions, ring_write
+from ..blocks.ffn import init_weight, linear
+from ..blocks.norm import RMSNorm, rms_norm
+from ..blocks.rope import apply_rope, rope_angles
+from ..config import ModelConfig
 from .sparse_attention import indexer_scores, select_top_k
 
 

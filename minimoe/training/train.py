@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .data import Batch, TokenData, eval_batches, get_batch
 
 CHECKPOINT_FORMAT = 1
@@ -249,7 +249,7 @@ def train_step(model, optimizer, inputs, targets, key):
 def mtp_loss_fn(model, inputs, targets, key=None, train: bool = True, mtp_weight: float = 0.3):
     """``loss_fn`` plus ``mtp_weight`` times the MTP module's cross-entropy on the token after
     next (DeepSeek-V3 §2.2, eq. 25), and the balancing loss of its MoE block."""
-    from .mtp import mtp_inputs
+    from ..v4.mtp import mtp_inputs
 
     out = model(inputs, train=train, key=key)
     ce = token_cross_entropy(out.logits, targets).mean()

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minimoe.ffn import init_weight, swiglu_activation
+from minimoe.blocks.ffn import init_weight, swiglu_activation
 
 
 def expert_ffn(x_buf: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minimoe.blocks.ffn import init_weight
 from minimoe.config import MoEConfig
-from minimoe.dispatch import compute_capacity, resolve_capacity
-from minimoe.ffn import init_weight
+from minimoe.moe.dispatch import compute_capacity, resolve_capacity
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "sqrt_softplus")
 

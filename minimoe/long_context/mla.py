@@ -38,12 +38,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import (cache_write, causal_mask, check_cache_room, masked_softmax,
-                        poison_on_overflow)
-from .config import ModelConfig
-from .ffn import init_weight, linear
-from .norm import RMSNorm
-from .rope import apply_rope, rope_angles, rope_angles_from_freq, yarn_inv_freq, yarn_scales
+from ..blocks.attention import (cache_write, causal_mask, check_cache_room, masked_softmax,
+                                poison_on_overflow)
+from ..blocks.ffn import init_weight, linear
+from ..blocks.norm import RMSNorm
+from ..blocks.rope import (apply_rope, rope_angles, rope_angles_from_freq, yarn_inv_freq,
+                          yarn_scales)
+from ..config import ModelConfig
 
 
 MLA_NORM_EPS = 1e-6  # DeepSeek's RMSNorm default, used for q_norm and kv_norm

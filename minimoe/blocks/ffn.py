@@ -1,7 +1,7 @@
 """The SwiGLU feed-forward network (Shazeer 2020, "GLU Variants Improve Transformer").
 
 ``FFN(x) = (silu(x W_gate) * (x W_up)) W_down``. A dense layer is one of these; an MoE layer
-holds many small ones stacked along a leading expert axis (see ``experts.py``).
+holds many small ones stacked along a leading expert axis (see ``moe/experts.py``).
 """
 
 from __future__ import annotations

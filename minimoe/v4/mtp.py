@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import ModelConfig
-from .ffn import init_weight, linear
+from ..blocks.ffn import init_weight, linear
+from ..blocks.norm import RMSNorm
+from ..config import ModelConfig
+from ..model import Block, Transformer
 from .hyper_connections import HyperHead
-from .model import Block, Transformer
-from .norm import RMSNorm
 
 
 class MTP(nnx.Module):

@@ -31,11 +31,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .config import MoEConfig
-from .ffn import SwiGLU
-from .moe import MoELayer
-from .norm import RMSNorm
-from .train import decay_mask
+from ..blocks.ffn import SwiGLU
+from ..blocks.norm import RMSNorm
+from ..config import MoEConfig
+from ..moe.layer import MoELayer
+from ..training.train import decay_mask
 
 LN2 = math.log(2.0)
 

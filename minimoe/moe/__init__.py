@@ -1,0 +1,11 @@
+"""The Mixture-of-Experts layer (notebooks 02-04).
+
+Read in this order:
+
+    router      scores and top-k choices (softmax, Switch, noisy, DeepSeek's bias-corrected and
+                group-limited, V4's hash routing, expert choice), the balancing losses
+    experts     the stacked expert weights and the batched expert FFN
+    dispatch    how tokens reach their experts: the reference loop, one-hot, sort with capacity
+                buffers; ``dispatch(strategy, ...)`` also runs the two in ``minimoe.fast``
+    layer       ``MoELayer``: router + routed and shared experts, with its statistics
+"""

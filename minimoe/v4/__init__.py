@@ -1,0 +1,8 @@
+"""DeepSeek-V4's own pieces beyond attention (notebook 10).
+
+Its modules:
+
+    hyper_connections  mHC: ``hc_mult`` residual streams mixed by Sinkhorn-projected matrices
+    mtp                multi-token prediction, and speculative decoding with its draft
+    quant              FP8 and FP4 weights with power-of-two block scales
+"""
