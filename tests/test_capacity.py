@@ -82,6 +82,12 @@ def test_memory_config_errors_name_the_parameter():
         MemoryConfig(0, 4)
     with pytest.raises(ValueError, match="record_every"):
         MemoryTrainConfig(steps=10, record_every=3)
+    with pytest.raises(ValueError, match=r"warmup_steps must be in \[0, steps=10\), got 10"):
+        MemoryTrainConfig(steps=10, record_every=5, warmup_steps=10)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        MemoryTrainConfig(steps=10, record_every=5, lr=0.0)
+    with pytest.raises(ValueError, match=r"min_lr_ratio must be in \[0, 1\], got 2"):
+        MemoryTrainConfig(steps=10, record_every=5, warmup_steps=1, min_lr_ratio=2.0)
 
 
 @pytest.mark.parametrize("cfg", [DENSE, SPARSE, SPARSE.replace(

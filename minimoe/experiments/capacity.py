@@ -35,7 +35,7 @@ from ..blocks.ffn import SwiGLU
 from ..blocks.norm import RMSNorm
 from ..config import MoEConfig
 from ..moe.layer import MoELayer
-from ..training.train import decay_mask
+from ..training.train import check_schedule, decay_mask
 
 LN2 = math.log(2.0)
 
@@ -268,12 +268,7 @@ class MemoryTrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.steps % self.record_every:
             raise ValueError(f"record_every must divide steps={self.steps}, got {self.record_every}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        check_schedule(self)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 

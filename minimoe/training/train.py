@@ -81,12 +81,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"{name} must be a number, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        check_schedule(self)
         if self.weight_decay < 0 or self.clip_norm <= 0:
             raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
                              f"{self.weight_decay!r} and {self.clip_norm!r}")
@@ -99,6 +94,17 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_schedule(cfg) -> None:
+    """The bounds of a warm-up + cosine schedule (``make_schedule``) on any config with ``steps``,
+    ``lr``, ``warmup_steps`` and ``min_lr_ratio``; each failure names the field and its value."""
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr!r}")
+    if not 0 <= cfg.warmup_steps < cfg.steps:
+        raise ValueError(f"warmup_steps must be in [0, steps={cfg.steps}), got {cfg.warmup_steps!r}")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio!r}")
 
 
 def make_schedule(tcfg: TrainConfig) -> optax.Schedule:
