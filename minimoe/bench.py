@@ -55,9 +55,9 @@ from flax import nnx
 
 from minimoe.blocks.ffn import SwiGLU
 from minimoe.config import ModelConfig, MoEConfig
+from minimoe.fast.buffer_dispatch import buffer_maps, sort_assignments
 from minimoe.fast.gather import from_buffers, to_buffers
-from minimoe.moe.dispatch import (DROPLESS_STRATEGIES, STRATEGIES, buffer_maps, compute_capacity,
-                                  sort_assignments)
+from minimoe.moe.dispatch import DROPLESS_STRATEGIES, STRATEGIES, compute_capacity
 from minimoe.moe.experts import expert_ffn
 from minimoe.moe.layer import MoELayer
 

@@ -1,4 +1,4 @@
-"""Dispatch strategies (minimoe.moe.dispatch): every strategy against the reference and against
+"""Dispatch strategies (minimoe.moe.dispatch, minimoe.fast): every strategy against the reference and against
 an explicit numpy loop over tokens and slots, with and without dropping."""
 
 import functools
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minimoe.fast.buffer_dispatch import buffer_maps, sort_assignments
 from minimoe.fast.dropless import num_blocks
 from minimoe.fast.gather import from_buffers, to_buffers
-from minimoe.moe.dispatch import (STRATEGIES, buffer_maps, compute_capacity, dispatch,
-                                  position_in_expert, sort_assignments)
+from minimoe.moe.dispatch import STRATEGIES, compute_capacity, dispatch, position_in_expert
 from minimoe.moe.experts import expert_ffn
 
 ATOL = 2e-5

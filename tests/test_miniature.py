@@ -14,7 +14,8 @@ from minimoe.cost import from_hf_config, load_model_config
 from minimoe.experiments.miniature import (MINI_V4_SIZES, dense_twin, shrink_schedule,
                                            shrink_v4_config, v3_twin, v4_mini_config)
 from minimoe.model import Transformer
-from minimoe.moe.router import HashTable, RouterBias
+from minimoe.moe.router import RouterBias
+from minimoe.v4.hash_routing import HashTable
 
 V4_CONFIGS = ("DeepSeek-V4-Flash", "DeepSeek-V4-Pro")
 

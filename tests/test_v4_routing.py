@@ -12,7 +12,8 @@ from minimoe.config import ModelConfig, MoEConfig
 from minimoe.model import Transformer
 from minimoe.moe.dispatch import STRATEGIES, dispatch
 from minimoe.moe.layer import MoELayer
-from minimoe.moe.router import Router, hash_route, hash_table
+from minimoe.moe.router import Router
+from minimoe.v4.hash_routing import hash_route, hash_table
 
 MOE = MoEConfig(n_experts=8, top_k=2, d_expert=16, router="deepseek_v4", n_shared_experts=1,
                 routed_scaling_factor=1.5)

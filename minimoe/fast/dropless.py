@@ -1,8 +1,8 @@
 """The two dispatch strategies that never drop: MegaBlocks' block padding and ``ragged_dot``.
 
-Both sort the assignments by expert as sort dispatch does (``dispatch.sort_assignments``) and
-then, instead of cutting every expert's group at a fixed capacity, make each group exactly as
-long as it is: padded to whole blocks of one expert (``dropless``), or handed as ragged groups
+Both sort the assignments by expert as sort dispatch does (``buffer_dispatch.sort_assignments``)
+and then, instead of cutting every expert's group at a fixed capacity, make each group exactly
+as long as it is: padded to whole blocks of one expert (``dropless``), or handed as ragged groups
 to a grouped matmul (``ragged_dot``). They compute what ``dispatch_reference`` computes with
 ``capacity=None`` (``tests/test_dispatch.py``), behind the same contract; choose them with
 ``MoEConfig.dispatch`` or ``dispatch.dispatch``.
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from minimoe.blocks.ffn import swiglu_activation
-from minimoe.moe.dispatch import DispatchResult, SortedAssignments, check_dropless, sort_assignments
+from minimoe.fast.buffer_dispatch import SortedAssignments, sort_assignments
+from minimoe.moe.dispatch import DispatchResult, check_dropless
 from minimoe.moe.experts import expert_ffn
 
 DEFAULT_BLOCK_SIZE = 16

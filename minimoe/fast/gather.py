@@ -1,6 +1,6 @@
 """Sort dispatch's gathers, with gradients that are gathers too.
 
-Sort dispatch (``minimoe.moe.dispatch.dispatch_sort``) moves rows twice: every token into the
+Sort dispatch (``fast.buffer_dispatch.dispatch_sort``) moves rows twice: every token into the
 expert buffer rows it is assigned to, and every token's rows back out, added up. Both moves
 are gathers along one integer map read in its two directions, ``slot_token`` [E * C] and
 ``token_slots`` [T, k]. Differentiated automatically, a gather becomes a scatter-add, which

@@ -3,9 +3,9 @@
 Read in this order:
 
     router      scores and top-k choices (softmax, Switch, noisy, DeepSeek's bias-corrected and
-                group-limited, V4's hash routing, expert choice), the balancing losses
+                group-limited, expert choice), the balancing losses
     experts     the stacked expert weights and the batched expert FFN
-    dispatch    how tokens reach their experts: the reference loop, one-hot, sort with capacity
-                buffers; ``dispatch(strategy, ...)`` also runs the two in ``minimoe.fast``
+    dispatch    how tokens reach their experts: the contract, capacity, and the reference loop;
+                ``dispatch(strategy, ...)`` also runs the four faster ones in ``minimoe.fast``
     layer       ``MoELayer``: router + routed and shared experts, with its statistics
 """

@@ -18,9 +18,10 @@ behind one contract, chosen by name (``dispatch(strategy, ...)``):
     ragged_dot  sort by expert and let ``jax.lax.ragged_dot`` (a grouped matmul) run each
                 expert on its contiguous group of rows; nothing is dropped.
 
-The first three are here; the two dropless ones are speed code and live in
-``minimoe/fast/dropless.py``, as do the gathers of ``sort`` and their gradients
-(``minimoe/fast/gather.py``). ``dispatch`` runs any of the five.
+Only ``reference`` is here, with the contract all five share: the result, capacity and the
+priority rule that decides what is dropped. The other four compute the same numbers faster and
+are speed code: ``onehot`` and ``sort`` in ``minimoe/fast/buffer_dispatch.py``, the two
+dropless ones in ``minimoe/fast/dropless.py``. ``dispatch`` runs any of the five.
 
 Capacity and dropping (``reference``, ``onehot``, ``sort``): an expert processes at most
 ``capacity`` assignments (``compute_capacity``); the rest are *dropped* -- that slot
@@ -51,8 +52,6 @@ import numpy as np
 
 from minimoe.blocks.ffn import swiglu
 from minimoe.config import DISPATCHES, DROPLESS_DISPATCHES
-from minimoe.fast.gather import from_buffers, to_buffers
-from minimoe.moe.experts import expert_ffn
 
 STRATEGIES = DISPATCHES
 DROPLESS_STRATEGIES = DROPLESS_DISPATCHES
@@ -90,13 +89,13 @@ def count_tokens_per_expert(expert_index: jax.Array, n_experts: int) -> jax.Arra
     return jnp.bincount(expert_index.reshape(-1), length=n_experts).astype(jnp.int32)
 
 
-def _slot_major(a: jax.Array) -> jax.Array:
+def slot_major(a: jax.Array) -> jax.Array:
     """[tokens, top_k, ...] -> [top_k * tokens, ...]: all first choices, then all second ..."""
     return jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
 
 
-def _token_major(a: jax.Array, tokens: int) -> jax.Array:
-    """Inverse of ``_slot_major``: [top_k * tokens, ...] -> [tokens, top_k, ...]."""
+def token_major(a: jax.Array, tokens: int) -> jax.Array:
+    """Inverse of ``slot_major``: [top_k * tokens, ...] -> [tokens, top_k, ...]."""
     return jnp.swapaxes(a.reshape((-1, tokens) + a.shape[1:]), 0, 1)
 
 
@@ -111,10 +110,10 @@ def position_in_expert(expert_index: jax.Array, n_experts: int) -> jax.Array:
     expert_index: [tokens, top_k] -> [tokens, top_k] int32.
     """
     tokens = expert_index.shape[0]
-    onehot = jax.nn.one_hot(_slot_major(expert_index), n_experts, dtype=jnp.int32)  # [A, E]
+    onehot = jax.nn.one_hot(slot_major(expert_index), n_experts, dtype=jnp.int32)  # [A, E]
     earlier = jnp.cumsum(onehot, axis=0) - onehot  # [A, E], exclusive running count
     position = jnp.sum(earlier * onehot, axis=-1)  # [A]
-    return _token_major(position, tokens)  # [T, k]
+    return token_major(position, tokens)  # [T, k]
 
 
 def resolve_capacity(capacity: int | None, tokens: int) -> int:
@@ -170,151 +169,12 @@ def dispatch_reference(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
 
 
 # ----------------------------------------------------------------------------------------
-# onehot (GShard / Switch)
-# ----------------------------------------------------------------------------------------
-
-def dispatch_onehot(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                    capacity: int | None = None,
-                    swiglu_limit: float | None = None) -> DispatchResult:
-    """GShard-style dispatch with dense 0/1 tensors (Lepikhin et al. 2020, Algorithm 1;
-    Switch Transformer's Mesh-TF implementation).
-
-    ``dispatch_mask[t, e, c] = 1`` iff token t's assignment to expert e sits in slot c of
-    e's buffer; ``combine[t, e, c]`` is the same with the router weight instead of 1. Then
-    ``x_buf = einsum(dispatch_mask, x)``, ``y_buf = expert_ffn(x_buf)``,
-    ``y = einsum(combine, y_buf)``. Simple and accelerator friendly, but the masks cost
-    ``O(T * E * C)`` memory and FLOPs, which grows quadratically with tokens.
-
-    ``capacity=None`` means ``capacity = tokens`` (no drops).
-    """
-    tokens, _ = x.shape
-    n_experts = w_gate.shape[0]
-    capacity = resolve_capacity(capacity, tokens)
-    position = position_in_expert(expert_index, n_experts)  # [T, k]
-    kept = position < capacity  # [T, k]
-    expert_onehot = jax.nn.one_hot(expert_index, n_experts, dtype=x.dtype)  # [T, k, E]
-    # one_hot of an index >= capacity is an all-zero row: a dropped assignment has no slot.
-    slot_onehot = jax.nn.one_hot(position, capacity, dtype=x.dtype)  # [T, k, C]
-    dispatch_mask = jnp.einsum("tke,tkc->tec", expert_onehot, slot_onehot)  # [T, E, C]
-    combine = jnp.einsum("tke,tkc,tk->tec", expert_onehot, slot_onehot,
-                         expert_weights)  # [T, E, C], in the router weights' dtype (float32)
-    x_buf = jnp.einsum("tec,td->ecd", dispatch_mask, x)  # [E, C, d]
-    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down, swiglu_limit=swiglu_limit)  # [E, C, d]
-    output = jnp.einsum("tec,ecd->td", combine, y_buf)  # [T, d]
-    return DispatchResult(output, kept, count_tokens_per_expert(expert_index, n_experts))
-
-
-# ----------------------------------------------------------------------------------------
-# Sorting assignments by expert (sort; also fast.dropless)
-# ----------------------------------------------------------------------------------------
-
-class SortedAssignments(NamedTuple):
-    """The A = tokens * top_k assignments, stably sorted by expert (slot-major within one)."""
-
-    expert: jax.Array  # [A] int32, non-decreasing
-    token: jax.Array  # [A] int32, which token the assignment belongs to
-    weight: jax.Array  # [A] router weight
-    position: jax.Array  # [A] int32, place within its expert's group (0, 1, ...)
-    order: jax.Array  # [A] int32, sorted -> slot-major flat index
-    counts: jax.Array  # [E] int32, group sizes (tokens_per_expert)
-
-
-def sort_assignments(expert_index: jax.Array, expert_weights: jax.Array,
-                     n_experts: int) -> SortedAssignments:
-    """Flatten the assignments slot-major, then sort them by expert with a *stable* sort.
-
-    Stability keeps the slot-major priority order inside every expert's group, so
-    ``position = rank - group_start`` equals ``position_in_expert`` and capacity-based
-    dropping here agrees with ``onehot`` exactly.
-    """
-    tokens, top_k = expert_index.shape
-    flat_expert = _slot_major(expert_index)  # [A]
-    flat_token = jnp.tile(jnp.arange(tokens, dtype=jnp.int32), top_k)  # [A]
-    flat_weight = _slot_major(expert_weights)  # [A]
-    order = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)  # [A]
-    expert = flat_expert[order]  # [A]
-    counts = count_tokens_per_expert(expert_index, n_experts)  # [E]
-    group_start = jnp.cumsum(counts) - counts  # [E]
-    position = jnp.arange(expert.shape[0], dtype=jnp.int32) - group_start[expert]  # [A]
-    return SortedAssignments(expert, flat_token[order], flat_weight[order], position, order,
-                             counts)
-
-
-# ----------------------------------------------------------------------------------------
-# sort
-# ----------------------------------------------------------------------------------------
-
-def buffer_maps(s: SortedAssignments, capacity: int,
-                tokens: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The two integer tables of sort dispatch, and each buffer row's router weight.
-
-    Buffer row ``e * C + c`` holds expert e's c-th assignment: sorted assignment
-    ``group_start[e] + c`` if ``c < counts[e]``, else the row stays empty; assignments with
-    ``position >= capacity`` find no row and are dropped.
-
-    -> (slot_token [E * C]: the token in each buffer row, ``tokens`` = empty;
-        slot_weight [E * C]: its router weight, 0 when empty;
-        token_slots [T, k]: the buffer row of each of a token's assignments, ``E * C`` =
-        dropped).
-    """
-    n_experts = s.counts.shape[0]
-    # buffer -> token: which sorted assignment fills each buffer row
-    group_start = jnp.cumsum(s.counts) - s.counts  # [E]
-    slot = jnp.arange(capacity, dtype=jnp.int32)  # [C]
-    filled = (slot < s.counts[:, None]).reshape(-1)  # [E * C]
-    source = (group_start[:, None] + slot).reshape(-1)  # [E * C], into the sorted assignments
-    source = jnp.where(filled, source, 0)
-    slot_token = jnp.where(filled, s.token[source], tokens)  # [E * C], `tokens` = empty
-    slot_weight = jnp.where(filled, s.weight[source], 0.0)  # [E * C]
-    # token -> buffer: the row of every assignment, back in [T, k] order; E * C = dropped
-    row = jnp.where(s.position < capacity, s.expert * capacity + s.position,
-                    n_experts * capacity)  # [A], sorted order
-    token_slots = _token_major(jnp.zeros_like(row).at[s.order].set(row), tokens)  # [T, k]
-    return slot_token, slot_weight, token_slots
-
-
-def dispatch_sort(x, expert_index, expert_weights, w_gate, w_up, w_down, *,
-                  capacity: int | None = None,
-                  swiglu_limit: float | None = None) -> DispatchResult:
-    """Sort-based dispatch into fixed-size capacity buffers.
-
-    1. ``sort_assignments``: assignments sorted by expert, with their position in the group.
-    2. ``buffer_maps``: buffer row ``e * C + c`` holds expert e's c-th assignment;
-       assignments with ``position >= capacity`` find no row and are dropped. Both directions
-       of this map are tables of integers: ``slot_token`` [E * C] and ``token_slots`` [T, k].
-    3. ``to_buffers`` (``minimoe.fast.gather``) gathers the tokens into ``x_buf [E, C, d]``.
-    4. ``expert_ffn``: one batched matmul over the expert axis; each row is multiplied by its
-       router weight inside the FFN (before the down projection, on the narrower array).
-    5. ``from_buffers`` adds each token's k weighted rows back up.
-
-    Every step that touches ``d_model``-wide rows is a gather, forward and backward; nothing
-    of size ``T * E * C`` (onehot) or ``T * k * d`` (one row per assignment) is built.
-    ``capacity=None`` means ``capacity = tokens``: the smallest static size that can never
-    drop, since a token sends at most one assignment to a given expert.
-    """
-    tokens, d_model = x.shape
-    n_experts = w_gate.shape[0]
-    capacity = resolve_capacity(capacity, tokens)
-    s = sort_assignments(expert_index, expert_weights, n_experts)
-    slot_token, slot_weight, token_slots = buffer_maps(s, capacity, tokens)
-
-    x_buf = to_buffers(x, slot_token, token_slots).reshape(n_experts, capacity, d_model)
-    y_buf = expert_ffn(x_buf, w_gate, w_up, w_down,
-                       row_weights=slot_weight.reshape(n_experts, capacity),
-                       swiglu_limit=swiglu_limit)  # [E, C, d]
-    out_dtype = jnp.result_type(x.dtype, w_down.dtype, expert_weights.dtype)
-    output = from_buffers(y_buf.reshape(-1, d_model).astype(out_dtype), slot_token,
-                          token_slots)  # [T, d]
-    kept = token_slots < n_experts * capacity  # [T, k]
-    return DispatchResult(output, kept, s.counts)
-
-
-# ----------------------------------------------------------------------------------------
 # The one entry point
 # ----------------------------------------------------------------------------------------
 
-# The two strategies that never drop build on the sorting above; they are speed code and live
-# with the rest of it (minimoe/fast/).
+# The other four strategies are speed code and live with the rest of it (minimoe/fast/); they
+# import the contract above, so they are imported once it is defined.
+from minimoe.fast.buffer_dispatch import dispatch_onehot, dispatch_sort  # noqa: E402
 from minimoe.fast.dropless import DEFAULT_BLOCK_SIZE, dispatch_dropless, dispatch_ragged_dot  # noqa: E402
 
 _IMPLEMENTATIONS = {

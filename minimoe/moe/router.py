@@ -15,6 +15,9 @@ The expert-choice router (each expert picks its tokens) returns an ``ExpertChoic
 
 Balancing tools: the Switch load-balancing loss, DeepSeek-V3's sequence-wise balance loss,
 ST-MoE's router z-loss, and DeepSeek-V3's auxiliary-loss-free bias update.
+
+DeepSeek-V4's hash routing (experts from a token-id table) is in ``minimoe/v4/hash_routing.py``;
+``Router`` runs it for the layers ``ModelConfig.num_hash_layers`` names.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def score_fn(name: str):
     return table[name]
 
 
-def _renormalize(weights: jax.Array) -> jax.Array:
+def normalize_weights(weights: jax.Array) -> jax.Array:
     """Rescale the selected weights of each token to sum to 1. weights: [tokens, top_k]."""
     return weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
 
@@ -119,7 +122,7 @@ def softmax_topk(logits: jax.Array, top_k: int, renormalize: bool = True) -> Rou
     probs = softmax_scores(logits)  # [tokens, n_experts]
     weights, index = jax.lax.top_k(probs, top_k)  # [tokens, top_k] each
     if renormalize:
-        weights = _renormalize(weights)
+        weights = normalize_weights(weights)
     return RouterOutput(index.astype(jnp.int32), weights, probs, logits)
 
 
@@ -154,7 +157,7 @@ def noisy_topk(logits: jax.Array, top_k: int, key: jax.Array | None, noise_std: 
     probs = softmax_scores(noisy)  # [tokens, n_experts]
     weights, index = jax.lax.top_k(probs, top_k)  # [tokens, top_k]
     if renormalize:
-        weights = _renormalize(weights)
+        weights = normalize_weights(weights)
     return RouterOutput(index.astype(jnp.int32), weights, probs, logits)
 
 
@@ -206,57 +209,9 @@ def deepseek_route(logits: jax.Array, bias: jax.Array | None, top_k: int,
     _, index = jax.lax.top_k(biased, top_k)  # [tokens, top_k]
     weights = jnp.take_along_axis(scores, index, axis=-1)  # [tokens, top_k], unbiased
     if renormalize:
-        weights = _renormalize(weights)
+        weights = normalize_weights(weights)
     weights = weights * routed_scaling_factor
     return RouterOutput(index.astype(jnp.int32), weights, scores, logits)
-
-
-# ----------------------------------------------------------------------------------------
-# Hash routing (DeepSeek-V4)
-# ----------------------------------------------------------------------------------------
-
-def hash_table(key: jax.Array, vocab_size: int, n_experts: int, top_k: int) -> jax.Array:
-    """A fixed, balanced token-id -> experts table (DeepSeek-V4's ``tid2eid``).
-
-    V4's first ``num_hash_layers`` MoE layers do not choose experts from the hidden state:
-    token id ``v`` always goes to the experts ``tid2eid[v]``. V4 ships its table in the
-    checkpoint; here it is built from ``key``: the token ids are shuffled, the token at
-    shuffled position ``p`` gets the ``top_k`` consecutive slots ``p*top_k, ..., p*top_k +
-    top_k - 1`` of a cyclic sequence over the (shuffled) experts. So a row never repeats an
-    expert (``top_k <= n_experts``) and over the vocabulary every expert gets
-    ``floor(vocab_size * top_k / n_experts)`` or one more entries.
-
-    -> [vocab_size, top_k] int32.
-    """
-    if top_k > n_experts:
-        raise ValueError(f"top_k must be <= n_experts ({n_experts}), got {top_k}")
-    k_tok, k_exp = jax.random.split(key)
-    token_order = jax.random.permutation(k_tok, vocab_size)  # position p -> token id
-    expert_names = jax.random.permutation(k_exp, n_experts)  # cyclic slot -> expert id
-    slots = jnp.arange(vocab_size)[:, None] * top_k + jnp.arange(top_k)  # [vocab, top_k]
-    table = jnp.zeros((vocab_size, top_k), jnp.int32).at[token_order].set(
-        expert_names[slots % n_experts].astype(jnp.int32))
-    return table
-
-
-def hash_route(logits: jax.Array, expert_index: jax.Array, score: str = "sqrt_softplus",
-               routed_scaling_factor: float = 1.0, renormalize: bool = True) -> RouterOutput:
-    """DeepSeek-V4's hash-routed gate: fixed experts, learned weights.
-
-    The experts come from the token-id table (``expert_index = tid2eid[token_ids]``); the
-    gate weights are the router's scores of those experts, ``s = score(x W_r)`` gathered at
-    ``expert_index``, normalised to sum to 1 (``renormalize``) and multiplied by
-    ``routed_scaling_factor`` -- the same steps as ``deepseek_route`` after its top-k. The
-    router weights still learn (through the weights); the hash layers have no selection bias.
-
-    logits: [tokens, n_experts]; expert_index: [tokens, top_k] int.
-    """
-    scores = score_fn(score)(logits)  # [tokens, n_experts]
-    weights = jnp.take_along_axis(scores, expert_index, axis=-1)  # [tokens, top_k]
-    if renormalize:
-        weights = _renormalize(weights)
-    weights = weights * routed_scaling_factor
-    return RouterOutput(expert_index.astype(jnp.int32), weights, scores, logits)
 
 
 # ----------------------------------------------------------------------------------------
@@ -379,11 +334,10 @@ class RouterBias(nnx.Variable):
     """
 
 
-class HashTable(nnx.Variable):
-    """DeepSeek-V4's fixed token-id -> experts table ``tid2eid``: state, never trained."""
-
-
 DEEPSEEK_SCORES = {"deepseek_v3": "sigmoid", "deepseek_v4": "sqrt_softplus"}
+
+# DeepSeek-V4's hash routing builds on the score functions above (minimoe/v4/hash_routing.py).
+from minimoe.v4.hash_routing import HashTable, hash_route, hash_table  # noqa: E402
 
 
 class Router(nnx.Module):
