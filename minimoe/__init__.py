@@ -13,7 +13,8 @@ The main API is importable from the package itself::
 The package is laid out in the course's order, one room per part of the story (notebook
 numbers on the left):
 
-           config        the frozen, validated configs every part reads
+           config        the frozen configs every part reads, and what each setting means
+           validation    the rules they are checked against when built
     01     blocks/       a dense transformer's blocks: norm, rope, ffn, attention
     01     model         the decoder LM, dense or MoE per layer, and sampling
     01     accounting    its parameter and FLOP counts

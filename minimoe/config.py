@@ -1,14 +1,16 @@
 """Configuration: frozen dataclasses, validated when they are built.
 
-Every setting of the course's models lives here. A bad value fails at construction with a
-``ValueError`` that names the parameter, the value and what is allowed, instead of failing
-later inside a shape error.
+Every setting of the course's models lives here, with what it means. A bad value fails at
+construction with a ``ValueError`` that names the parameter, the value and what is allowed; the
+rules are in ``minimoe/validation.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from minimoe import validation
 
 # Which attention kind reads which ModelConfig field, besides the ones every kind reads
 # (d_model, n_heads, rope_theta, max_seq_len, ...). "needs": must be set; "uses": read when set.
@@ -22,7 +24,7 @@ ATTENTION_FIELDS = {
                                   "qk_rope_head_dim", "v_head_dim")},
     "sparse": {"needs": ("sparse_top_k",), "uses": ("index_head_dim", "index_n_heads")},
     # DeepSeek-V4; its own fields (compress_ratios, o_lora_rank, index_topk, ...) are checked
-    # by ModelConfig._check_compressed_attention
+    # by validation._check_compressed_attention
     "compressed": {"needs": ("sliding_window", "q_lora_rank"),
                    "uses": ("qk_rope_head_dim", "index_head_dim", "index_n_heads")},
 }
@@ -30,49 +32,6 @@ ATTENTION_KINDS = tuple(ATTENTION_FIELDS)
 ROUTERS = ("softmax", "switch", "noisy_topk", "deepseek_v3", "deepseek_v4", "expert_choice")
 DISPATCHES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
 DROPLESS_DISPATCHES = ("dropless", "ragged_dot")  # no capacity: no token is ever dropped
-
-
-def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _integer_in(name: str, value, low: int, high: int | None = None,
-                high_label: str | None = None) -> None:
-    """An integer in ``[low, high]`` (``high=None``: no upper bound)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low \
-            or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high_label or high}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-
-
-def _non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-
-
-def _number(name: str, value, allow_none: bool = False) -> None:
-    """A number > 0 (``bool`` is not a number here, although Python counts it as an int)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0{', or None' if allow_none else ''}, "
-                         f"got {value!r}")
-
-
-def _boolean(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False{', or None' if allow_none else ''}, "
-                         f"got {value!r}")
-
-
-def _one_of(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -134,71 +93,7 @@ class MoEConfig:
     swiglu_limit: float = 0.0
 
     def __post_init__(self):
-        _positive("n_experts", self.n_experts)
-        _positive("top_k", self.top_k)
-        _positive("d_expert", self.d_expert)
-        _positive("d_shared", self.d_shared, allow_none=True)
-        _positive("n_group", self.n_group)
-        _positive("topk_group", self.topk_group)
-        _integer_in("n_shared_experts", self.n_shared_experts, 0)
-        _one_of("router", self.router, ROUTERS)
-        _one_of("dispatch", self.dispatch, DISPATCHES)
-        if self.top_k > self.n_experts:
-            raise ValueError(
-                f"top_k must be <= n_experts ({self.n_experts}), got top_k={self.top_k}")
-        if self.router == "switch" and self.top_k != 1:
-            raise ValueError(f"router 'switch' routes to one expert: top_k must be 1, got {self.top_k}")
-        if self.n_experts % self.n_group:
-            raise ValueError(
-                f"n_experts ({self.n_experts}) must be divisible by n_group, got n_group={self.n_group}")
-        if self.topk_group > self.n_group:
-            raise ValueError(
-                f"topk_group must be <= n_group ({self.n_group}), got topk_group={self.topk_group}")
-        if self.n_group > 1 and self.router not in ("deepseek_v3", "deepseek_v4"):
-            raise ValueError(f"group-limited routing (n_group={self.n_group}) needs router "
-                             f"'deepseek_v3' or 'deepseek_v4', got router={self.router!r}")
-        if self.n_group > 1 and self.topk_group * (self.n_experts // self.n_group) < self.top_k:
-            raise ValueError(
-                f"topk_group={self.topk_group} groups of {self.n_experts // self.n_group} experts "
-                f"cannot hold top_k={self.top_k} experts")
-        _number("capacity_factor", self.capacity_factor, allow_none=True)
-        if self.capacity_factor is not None and self.dispatch in DROPLESS_DISPATCHES:
-            raise ValueError(
-                f"dispatch {self.dispatch!r} is dropless; set capacity_factor=None "
-                f"(got {self.capacity_factor!r}) or use dispatch 'sort' or 'onehot'")
-        for name in ("aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "bias_update_rate",
-                     "router_noise_std", "routed_scaling_factor"):
-            _non_negative(name, getattr(self, name))
-        _non_negative("swiglu_limit", self.swiglu_limit)
-        _boolean("renormalize", self.renormalize, allow_none=True)
-        # settings that would silently do nothing
-        if self.n_shared_experts == 0 and self.d_shared is not None:
-            raise ValueError(f"d_shared={self.d_shared!r} sizes shared experts, but "
-                             f"n_shared_experts=0; set n_shared_experts >= 1 or d_shared=None")
-        if self.bias_update_rate > 0 and self.router not in ("deepseek_v3", "deepseek_v4"):
-            raise ValueError(f"bias_update_rate={self.bias_update_rate!r} updates the selection "
-                             f"bias of the DeepSeek routers; router {self.router!r} has none: "
-                             f"use router 'deepseek_v3' or 'deepseek_v4', or bias_update_rate=0")
-        if self.router == "expert_choice":
-            if self.capacity_factor is None:
-                raise ValueError("router 'expert_choice' needs capacity_factor (each expert takes "
-                                 "capacity_factor * tokens * top_k / n_experts tokens), got None")
-            if self.dispatch != "sort":
-                raise ValueError(f"router 'expert_choice' gathers the tokens its experts chose and "
-                                 f"uses no dispatch strategy: leave dispatch at 'sort', "
-                                 f"got {self.dispatch!r}")
-            if self.renormalize is not None:
-                raise ValueError(f"router 'expert_choice' does not renormalise; leave renormalize "
-                                 f"None, got {self.renormalize!r}")
-            for name in ("aux_loss_coef", "seq_aux_loss_coef"):
-                if getattr(self, name) > 0:
-                    raise ValueError(f"{name}={getattr(self, name)!r} does nothing under router "
-                                     f"'expert_choice' (its load is balanced by construction); "
-                                     f"set it to 0")
-        elif self.renormalize is True and self.top_k == 1:
-            raise ValueError("renormalize=True with top_k=1 makes every weight 1, so the router "
-                             "gets no gradient from the language-model loss; use renormalize=None "
-                             "or False (weight = the expert's score, as in the Switch Transformer)")
+        validation.check_moe_config(self)
 
     @property
     def renormalize_weights(self) -> bool:
@@ -262,15 +157,7 @@ class YaRNConfig:
     mscale_all_dim: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) \
-                or not self.factor >= 1:
-            raise ValueError(f"factor must be a number >= 1, got {self.factor!r}")
-        _positive("original_max_position_embeddings", self.original_max_position_embeddings)
-        for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
-            _non_negative(name, getattr(self, name))
-        if not self.beta_fast > self.beta_slow:
-            raise ValueError(f"beta_fast must be > beta_slow ({self.beta_slow}), "
-                             f"got beta_fast={self.beta_fast}")
+        validation.check_yarn_config(self)
 
 
 @dataclass(frozen=True)
@@ -396,70 +283,7 @@ class ModelConfig:
     attention_tiling: bool = False
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
-                     "index_head_dim", "index_n_heads", "kv_lora_rank", "qk_nope_head_dim",
-                     "qk_rope_head_dim", "v_head_dim"):
-            _positive(name, getattr(self, name))
-        _positive("n_kv_heads", self.n_kv_heads, allow_none=True)
-        _positive("q_lora_rank", self.q_lora_rank, allow_none=True)
-        _positive("sliding_window", self.sliding_window, allow_none=True)
-        _positive("sparse_top_k", self.sparse_top_k, allow_none=True)
-        _one_of("attention", self.attention, ATTENTION_KINDS)
-        if self._head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads, got n_heads={self.n_heads}")
-        _positive("head_dim", self._head_dim, allow_none=True)
-        if self.attention != "compressed" and self.head_dim % 2:
-            given = "head_dim" if self._head_dim is not None else "head_dim = d_model / n_heads"
-            raise ValueError(f"{given} must be even for rotary embeddings, got {self.head_dim}")
-        if self.n_heads % self.kv_heads:
-            raise ValueError(
-                f"n_kv_heads must divide n_heads ({self.n_heads}), got n_kv_heads={self.n_kv_heads}")
-        if self.qk_rope_head_dim % 2:
-            raise ValueError(f"qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
-        _number("rope_theta", self.rope_theta)
-        _number("norm_eps", self.norm_eps)
-        _boolean("tie_embeddings", self.tie_embeddings)
-        if self.moe is not None and not isinstance(self.moe, MoEConfig):
-            raise ValueError(f"moe must be a MoEConfig or None, got {type(self.moe).__name__}")
-        _integer_in("first_k_dense", self.first_k_dense, 0, self.n_layers,
-                    f"n_layers={self.n_layers}")
-        fields = ATTENTION_FIELDS[self.attention]
-        for name in fields["needs"]:
-            if getattr(self, name) is None:
-                raise ValueError(f"attention={self.attention!r} needs {name} (a positive integer), "
-                                 f"got None")
-        used_by = {}
-        for kind, f in ATTENTION_FIELDS.items():
-            for name in f["needs"] + f["uses"]:
-                used_by.setdefault(name, []).append(kind)
-        for name, kinds in used_by.items():
-            unset = next(fl.default for fl in dataclasses.fields(self) if fl.name == name)
-            if unset is None and self.attention not in kinds and getattr(self, name) is not None:
-                raise ValueError(f"{name}={getattr(self, name)!r} is used only by attention "
-                                 f"{kinds}; with attention={self.attention!r} leave it None")
-        self._check_compressed_attention()
-        self._validate_v4_fields()
-        self._check_checkpoint_features()
-        self._check_speed_fields()
-
-    def _validate_v4_fields(self) -> None:
-        """Checks of DeepSeek-V4's fields (mHC, hash routing, MTP)."""
-        _positive("hc_mult", self.hc_mult)
-        _positive("hc_sinkhorn_iters", self.hc_sinkhorn_iters)
-        _non_negative("hc_eps", self.hc_eps)
-        n_moe = self.n_moe_layers
-        _integer_in("num_hash_layers", self.num_hash_layers, 0, n_moe,
-                    f"number of MoE layers = {n_moe}")
-        if self.num_hash_layers and self.moe.router not in ("deepseek_v3", "deepseek_v4"):
-            raise ValueError(
-                f"hash routing (num_hash_layers={self.num_hash_layers}) takes its gate weights "
-                f"from DeepSeek's scores: router must be 'deepseek_v3' or 'deepseek_v4', "
-                f"got {self.moe.router!r}")
-        if self.num_nextn_predict_layers not in (0, 1) \
-                or isinstance(self.num_nextn_predict_layers, bool):
-            raise ValueError(f"num_nextn_predict_layers must be 0 or 1 (one MTP module, as in "
-                             f"DeepSeek-V3/V4), got {self.num_nextn_predict_layers!r}")
+        validation.check_model_config(self)
 
     @property
     def n_moe_layers(self) -> int:
@@ -471,65 +295,6 @@ class ModelConfig:
         which route by token id (DeepSeek-V4)."""
         return self.is_moe_layer(layer) and layer < self.first_k_dense + self.num_hash_layers
 
-    def _check_compressed_attention(self) -> None:
-        """Validation of the DeepSeek-V4 fields: required with ``attention='compressed'``,
-        rejected (they would be ignored) with any other attention."""
-        if self._head_dim is not None and self.attention == "mla":
-            raise ValueError(f"head_dim={self._head_dim} is ignored by attention='mla' (it uses "
-                             "qk_nope_head_dim, qk_rope_head_dim, v_head_dim); leave it None")
-        if self.attention != "compressed":
-            for name, default in (("compress_ratios", None), ("o_lora_rank", None),
-                                  ("index_topk", None), ("o_groups", 1)):
-                if getattr(self, name) != default:
-                    raise ValueError(f"{name}={getattr(self, name)!r} is used only by "
-                                     f"attention='compressed', got attention={self.attention!r}")
-            return
-        cr = self.compress_ratios
-        if cr is None or not isinstance(cr, tuple):
-            raise ValueError("attention='compressed' needs compress_ratios, a tuple of one ratio "
-                             f"per layer (0 = window only), got {cr!r}")
-        if len(cr) not in (self.n_layers, self.n_layers + 1):
-            raise ValueError(f"compress_ratios must have n_layers={self.n_layers} entries, or "
-                             f"n_layers + 1 with a trailing MTP layer, got {len(cr)}: {cr}")
-        for r in cr:
-            if isinstance(r, bool) or not isinstance(r, int) or r < 0 or r == 1 \
-                    or r > self.max_seq_len:
-                raise ValueError(f"compress_ratios entries must be 0 (window only) or integers in "
-                                 f"[2, max_seq_len={self.max_seq_len}], got {r!r} in {cr}")
-        _positive("csa_compress_ratio", self.csa_compress_ratio)
-        if self.sliding_window is None:
-            raise ValueError("attention='compressed' needs sliding_window (every layer keeps "
-                             "a window of raw entries), got None")
-        for name in ("q_lora_rank", "o_lora_rank"):
-            if getattr(self, name) is None:
-                raise ValueError(f"attention='compressed' needs {name} (a positive integer), "
-                                 "got None")
-        _positive("o_lora_rank", self.o_lora_rank)
-        _positive("o_groups", self.o_groups)
-        if self.n_heads % self.o_groups:
-            raise ValueError(f"o_groups must divide n_heads ({self.n_heads}), "
-                             f"got o_groups={self.o_groups}")
-        if self.n_kv_heads not in (None, 1):
-            raise ValueError("attention='compressed' has one shared key/value head: n_kv_heads "
-                             f"must be None or 1, got {self.n_kv_heads}")
-        if self.sparse_top_k is not None:
-            raise ValueError(f"sparse_top_k={self.sparse_top_k} is used only by "
-                             "attention='sparse'; compressed attention uses index_topk")
-        if self.qk_rope_head_dim > self.head_dim:
-            raise ValueError(f"qk_rope_head_dim must be <= head_dim ({self.head_dim}), "
-                             f"got {self.qk_rope_head_dim}")
-        _number("compress_rope_theta", self.compress_rope_theta)
-        has_csa = self.csa_compress_ratio in cr[:self.n_layers]
-        if has_csa:
-            _positive("index_topk", self.index_topk)
-            if self.qk_rope_head_dim > self.index_head_dim:
-                raise ValueError(f"qk_rope_head_dim must be <= index_head_dim "
-                                 f"({self.index_head_dim}) in CSA layers, got {self.qk_rope_head_dim}")
-        elif self.index_topk is not None:
-            raise ValueError(f"index_topk={self.index_topk} is used only by CSA layers (compress "
-                             f"ratio csa_compress_ratio={self.csa_compress_ratio}), and "
-                             f"compress_ratios={cr} has none")
-
     def layer_compress_ratio(self, layer: int) -> int:
         """Compress ratio of block ``layer`` with ``attention='compressed'`` (0: window only)."""
         return self.compress_ratios[layer]
@@ -537,31 +302,6 @@ class ModelConfig:
     def is_csa_layer(self, layer: int) -> bool:
         """Whether block ``layer`` is CSA (overlap + indexer) rather than HCA or window-only."""
         return self.layer_compress_ratio(layer) == self.csa_compress_ratio
-
-    def _check_checkpoint_features(self):
-        """Validate the fields that published checkpoints need (see the class docstring)."""
-        _boolean("qk_norm", self.qk_norm)
-        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
-            _number(name, getattr(self, name))
-        _number("attention_scale", self.attention_scale, allow_none=True)  # None: 1/sqrt(head_dim)
-        if self.rope_yarn is not None:
-            if not isinstance(self.rope_yarn, YaRNConfig):
-                raise ValueError(f"rope_yarn must be a YaRNConfig or None, "
-                                 f"got {type(self.rope_yarn).__name__}")
-            if self.attention != "mla":
-                raise ValueError(f"rope_yarn is only implemented for attention 'mla', "
-                                 f"got attention={self.attention!r}")
-        for name, default in (("qk_norm", False), ("attention_scale", None)):
-            if getattr(self, name) != default and self.attention not in ("gqa", "sliding"):
-                raise ValueError(f"{name}={getattr(self, name)!r} is only implemented for "
-                                 f"attention 'gqa' or 'sliding', got attention={self.attention!r}")
-
-    def _check_speed_fields(self) -> None:
-        """Validate the fields that choose a faster computation of the same numbers."""
-        _boolean("attention_tiling", self.attention_tiling)
-        if self.attention_tiling and self.attention not in ("gqa", "sliding"):
-            raise ValueError(f"attention_tiling=True is only implemented for attention 'gqa' or "
-                             f"'sliding', got attention={self.attention!r}")
 
     @property
     def kv_heads(self) -> int:

@@ -1,4 +1,5 @@
-"""The README's package table lists exactly what is in ``minimoe/``, folder by folder."""
+"""The README's package table and the package docstring list exactly what is in ``minimoe/``,
+folder by folder."""
 
 import pkgutil
 import re
@@ -48,3 +49,16 @@ def test_each_folder_docstring_lists_its_modules():
         doc = (init.read_text().split('"""')[1])
         listed = {name for name in modules if re.search(rf"\b{name}\b", doc)}
         assert listed == modules, (init.parent.name, modules - listed)
+
+
+def test_package_docstring_maps_every_module_and_folder():
+    """The map in ``minimoe/__init__.py``: notebook numbers, then from column 11 the names of a
+    row ("cost/, parallel/, checkpoints") and its description; wrapped lines are indented more."""
+    doc = minimoe.__doc__.split("on the left):\n\n", 1)[1].split("\n\n", 1)[0]
+    mapped = set()
+    for line in doc.splitlines():
+        if len(line) > 11 and line[10] == " " and line[11] != " ":
+            names = re.match(r"\w+/?(?:, \w+/?)*", line[11:]).group(0)
+            mapped |= set(names.split(", "))
+    tree = {f"{m.name}/" if m.ispkg else m.name for m in pkgutil.iter_modules([str(PKG)])}
+    assert mapped == tree, mapped ^ tree

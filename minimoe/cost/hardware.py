@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
-from .spec import check_positive
+from ..validation import positive_number
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Precision:
 
     def __post_init__(self):
         for name in ("routed_experts", "other_weights", "kv_cache"):
-            check_positive(name, getattr(self, name))
+            positive_number(name, getattr(self, name))
         for name in ("routed_compute", "other_compute", "attention_compute"):
             if getattr(self, name) not in FORMATS:
                 raise ValueError(f"{name} must be one of {FORMATS}, got {getattr(self, name)!r}")
@@ -131,7 +131,7 @@ def as_precision(bytes_per_param, bytes_per_value: float | None = None) -> Preci
         if bytes_per_value is None:
             return bytes_per_param
         return replace(bytes_per_param, kv_cache=bytes_per_value)
-    check_positive("bytes_per_param", bytes_per_param)
+    positive_number("bytes_per_param", bytes_per_param)
     fmt = "fp8" if bytes_per_param <= 1 else "bf16"
     return Precision(bytes_per_param, bytes_per_param,
                      2.0 if bytes_per_value is None else bytes_per_value, fmt, fmt, fmt)

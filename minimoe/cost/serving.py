@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..validation import non_negative, positive_number
 from .hardware import Hardware, Precision, as_precision, format_flops
-from .spec import ModelSpec, check_non_negative, check_positive
+from .spec import ModelSpec
 
 
 def expected_experts_touched(n_experts: int, top_k: int, batch: float) -> float:
@@ -35,9 +36,9 @@ def expected_experts_touched(n_experts: int, top_k: int, batch: float) -> float:
     independently with that power). One token gives ``k``; a huge batch gives ``E``. Real
     routers are not uniform, so this is the touched count of a perfectly balanced router.
     """
-    check_positive("n_experts", n_experts)
-    check_positive("top_k", top_k)
-    check_non_negative("batch", batch)
+    positive_number("n_experts", n_experts)
+    positive_number("top_k", top_k)
+    non_negative("batch", batch)
     if top_k > n_experts:
         raise ValueError(f"top_k ({top_k}) must be <= n_experts ({n_experts})")
     return n_experts * (1.0 - (1.0 - top_k / n_experts) ** batch)
@@ -115,11 +116,11 @@ def decode_step(spec: ModelSpec, hw: Hardware, batch: int, context_len: int,
     is the roofline of "How to Scale Your Model" (Austin et al., the JAX scaling book),
     chapters on rooflines and inference.
     """
-    check_positive("batch", batch)
-    check_non_negative("context_len", context_len)
-    check_positive("n_gpus", n_gpus)
-    check_positive("compute_efficiency", compute_efficiency)
-    check_positive("bandwidth_efficiency", bandwidth_efficiency)
+    positive_number("batch", batch)
+    non_negative("context_len", context_len)
+    positive_number("n_gpus", n_gpus)
+    positive_number("compute_efficiency", compute_efficiency)
+    positive_number("bandwidth_efficiency", bandwidth_efficiency)
     p = as_precision(bytes_per_param, bytes_per_value)
     touched = 0.0
     weight_bytes = spec.always_read_params * p.other_weights
@@ -211,8 +212,8 @@ def gpus_to_hold(spec: ModelSpec, hw: Hardware, bytes_per_param=2, batch: int = 
         ``ceil((weight_bytes + batch * kv_bytes(context_len)) / (hbm_bytes * usable_fraction))``
 
     Activations and framework overhead are left out (lower ``usable_fraction`` for them)."""
-    check_non_negative("batch", batch)
-    check_positive("usable_fraction", usable_fraction)
+    non_negative("batch", batch)
+    positive_number("usable_fraction", usable_fraction)
     p = as_precision(bytes_per_param, bytes_per_value)
     need = spec.weight_bytes(p) + batch * spec.kv_bytes(context_len, p.kv_cache)
     return max(1, math.ceil(need / (hw.hbm_bytes * usable_fraction)))
@@ -228,9 +229,9 @@ def max_batch(spec: ModelSpec, hw: Hardware, n_gpus: int, context_len: int,
 
     0 when the weights alone do not fit. This is what caps the decode batch at long context,
     and why a smaller KV cache per token buys a larger batch."""
-    check_positive("n_gpus", n_gpus)
-    check_positive("context_len", context_len)
-    check_positive("usable_fraction", usable_fraction)
+    positive_number("n_gpus", n_gpus)
+    positive_number("context_len", context_len)
+    positive_number("usable_fraction", usable_fraction)
     p = as_precision(bytes_per_param, bytes_per_value)
     free = n_gpus * hw.hbm_bytes * usable_fraction - spec.weight_bytes(p)
     if free <= 0:
@@ -245,9 +246,9 @@ def dollars_per_million_tokens(tokens_per_s_per_gpu: float, dollars_per_gpu_hour
         ``dollars_per_gpu_hour / (3600 * tokens_per_s_per_gpu * utilisation) * 1e6``
 
     ``utilisation`` is the fraction of paid hours the GPU spends producing at that rate."""
-    check_positive("tokens_per_s_per_gpu", tokens_per_s_per_gpu)
-    check_non_negative("dollars_per_gpu_hour", dollars_per_gpu_hour)
-    check_positive("utilisation", utilisation)
+    positive_number("tokens_per_s_per_gpu", tokens_per_s_per_gpu)
+    non_negative("dollars_per_gpu_hour", dollars_per_gpu_hour)
+    positive_number("utilisation", utilisation)
     return dollars_per_gpu_hour / (3600.0 * tokens_per_s_per_gpu * utilisation) * 1e6
 
 
@@ -341,10 +342,10 @@ def deployment_step(spec: ModelSpec, hw: Hardware, unit: Deployment, sequences_p
       intra-node share over ``hw.nvlink_effective``, the rest over
       ``hw.scaleout_bandwidth``.
     """
-    check_positive("sequences_per_gpu", sequences_per_gpu)
-    check_positive("tokens_per_sequence", tokens_per_sequence)
-    check_non_negative("context_len", context_len)
-    check_non_negative("alltoall_bytes_per_token", alltoall_bytes_per_token)
+    positive_number("sequences_per_gpu", sequences_per_gpu)
+    positive_number("tokens_per_sequence", tokens_per_sequence)
+    non_negative("context_len", context_len)
+    non_negative("alltoall_bytes_per_token", alltoall_bytes_per_token)
     if hw.scaleout_bandwidth is None:
         raise ValueError(f"{hw.name} has no published scale-out bandwidth; "
                          "deployment_step needs one")
@@ -367,7 +368,7 @@ def deployment_max_sequences(spec: ModelSpec, hw: Hardware, unit: Deployment, co
                              precision: Precision, usable_fraction: float = 1.0) -> int:
     """Most sequences of ``context_len`` tokens one GPU of ``unit`` holds beside its weights:
     ``floor((hbm_bytes * usable_fraction - weight bytes per GPU) / kv_bytes(context_len))``."""
-    check_positive("context_len", context_len)
-    check_positive("usable_fraction", usable_fraction)
+    positive_number("context_len", context_len)
+    positive_number("usable_fraction", usable_fraction)
     free = hw.hbm_bytes * usable_fraction - _deployment_weight_bytes(spec, unit, precision)
     return max(0, int(free // spec.kv_bytes(context_len, precision.kv_cache)))

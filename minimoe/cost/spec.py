@@ -10,18 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..long_context.kv_cache import compressed_kv_values_per_token
+from ..validation import non_negative, positive_number
 
 ATTENTION_LAYER_KINDS = ("full", "sliding", "linear", "window", "csa", "hca", "dsa")
-
-
-def check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def check_non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -327,7 +318,7 @@ class ModelSpec:
     def kv_bytes(self, context_len: int, bytes_per_value: float = 2) -> float:
         """KV-cache bytes of one sequence of ``context_len`` tokens:
         ``sum over layers of LayerAttention.kv_values(context_len) * bytes_per_value``."""
-        check_non_negative("context_len", context_len)
+        non_negative("context_len", context_len)
         return sum(a.kv_values(context_len) for a in self.layers_attention) * bytes_per_value
 
     # -- FLOPs --------------------------------------------------------------------------
@@ -344,7 +335,7 @@ class ModelSpec:
         the form that reads the latent cache this spec's KV bytes describe. Other families
         ignore ``absorbed``.
         """
-        check_non_negative("context_len", context_len)
+        non_negative("context_len", context_len)
         return sum(self._layer(a, absorbed).flops(context_len) for a in self.layers_attention)
 
     def _layer(self, a: LayerAttention, absorbed: bool) -> LayerAttention:
@@ -369,7 +360,7 @@ class ModelSpec:
         """Forward FLOPs of a whole causal prompt of ``prompt_len`` tokens (token ``i``,
         1-based, attends to ``i`` tokens): ``prompt_len * 2 * active_matmul_params`` plus
         ``sum_i attention_flops(i)`` in closed form (plain MLA form)."""
-        check_positive("prompt_len", prompt_len)
+        positive_number("prompt_len", prompt_len)
         return (prompt_len * 2.0 * self.active_matmul_params
                 + sum(a.prefill_flops(prompt_len) for a in self.layers_attention))
 
