@@ -234,7 +234,7 @@ def test_bias_update_inside_jit_reduces_imbalance():
 
 
 def test_stats_report_each_tokens_experts_and_per_domain_routing():
-    from minimoe.moe.layer import balance_metrics, routing_by_domain
+    from minimoe.moe.routing_stats import balance_metrics, routing_by_domain
 
     cfg = MoEConfig(n_experts=4, top_k=2, d_expert=8)
     layer = MoELayer(8, cfg, rngs=nnx.Rngs(0))
@@ -299,7 +299,7 @@ def test_expert_choice_stats_name_the_strongest_expert_or_minus_one():
 
 
 def test_consecutive_overlap_against_a_loop():
-    from minimoe.moe.layer import consecutive_overlap
+    from minimoe.moe.routing_stats import consecutive_overlap
     rng = np.random.default_rng(0)
     idx = np.stack([rng.choice(8, 3, replace=False) for _ in range(50)])  # [seq, top_k]
     want = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(idx[:-1], idx[1:])])
