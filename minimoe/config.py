@@ -30,6 +30,7 @@ ATTENTION_FIELDS = {
 }
 ATTENTION_KINDS = tuple(ATTENTION_FIELDS)
 ROUTERS = ("softmax", "switch", "noisy_topk", "deepseek_v3", "deepseek_v4", "expert_choice")
+DEEPSEEK_ROUTERS = ("deepseek_v3", "deepseek_v4")  # selection bias, groups, hash routing
 DISPATCHES = ("reference", "onehot", "sort", "dropless", "ragged_dot")
 DROPLESS_DISPATCHES = ("dropless", "ragged_dot")  # no capacity: no token is ever dropped
 

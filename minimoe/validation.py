@@ -85,7 +85,7 @@ def check_moe_config(cfg) -> None:
     if cfg.topk_group > cfg.n_group:
         raise ValueError(
             f"topk_group must be <= n_group ({cfg.n_group}), got topk_group={cfg.topk_group}")
-    if cfg.n_group > 1 and cfg.router not in ("deepseek_v3", "deepseek_v4"):
+    if cfg.n_group > 1 and cfg.router not in config.DEEPSEEK_ROUTERS:
         raise ValueError(f"group-limited routing (n_group={cfg.n_group}) needs router "
                          f"'deepseek_v3' or 'deepseek_v4', got router={cfg.router!r}")
     if cfg.n_group > 1 and cfg.topk_group * (cfg.n_experts // cfg.n_group) < cfg.top_k:
@@ -106,7 +106,7 @@ def check_moe_config(cfg) -> None:
     if cfg.n_shared_experts == 0 and cfg.d_shared is not None:
         raise ValueError(f"d_shared={cfg.d_shared!r} sizes shared experts, but "
                          f"n_shared_experts=0; set n_shared_experts >= 1 or d_shared=None")
-    if cfg.bias_update_rate > 0 and cfg.router not in ("deepseek_v3", "deepseek_v4"):
+    if cfg.bias_update_rate > 0 and cfg.router not in config.DEEPSEEK_ROUTERS:
         raise ValueError(f"bias_update_rate={cfg.bias_update_rate!r} updates the selection "
                          f"bias of the DeepSeek routers; router {cfg.router!r} has none: "
                          f"use router 'deepseek_v3' or 'deepseek_v4', or bias_update_rate=0")
@@ -209,7 +209,7 @@ def _check_v4_fields(cfg) -> None:
     non_negative("hc_eps", cfg.hc_eps)
     n_moe = cfg.n_moe_layers
     integer_in("num_hash_layers", cfg.num_hash_layers, 0, n_moe, f"number of MoE layers = {n_moe}")
-    if cfg.num_hash_layers and cfg.moe.router not in ("deepseek_v3", "deepseek_v4"):
+    if cfg.num_hash_layers and cfg.moe.router not in config.DEEPSEEK_ROUTERS:
         raise ValueError(
             f"hash routing (num_hash_layers={cfg.num_hash_layers}) takes its gate weights "
             f"from DeepSeek's scores: router must be 'deepseek_v3' or 'deepseek_v4', "
