@@ -27,6 +27,8 @@ numbers on the left):
     08-09  cost/, parallel/, checkpoints, bench, diagrams: tools around the model (the
                          serving calculator, expert parallelism, Hugging Face checkpoints,
                          the benchmark, the notebooks' diagrams)
+    00-10  verify        how each notebook's "What we verified" prints a claim: the value,
+                         its threshold and the margin between them
 
 Each room's ``__init__`` lists its modules in reading order; every module is importable on
 its own (``minimoe.moe.router``, ``minimoe.blocks.attention``, ...).
