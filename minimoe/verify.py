@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from minimoe.validation import positive_number
+
 
 def show(v: float) -> str:
     """A number as the notebooks print it: an integer exactly, with thousands separators; a
@@ -25,18 +27,12 @@ def show(v: float) -> str:
 
 
 def _real(name: str, value) -> int | float:
-    """``value`` as a Python int (integer types) or float: a Python, NumPy or JAX scalar, not a
-    bool, a string or an array."""
-    if isinstance(value, (bool, str, bytes)) or getattr(value, "dtype", None) == np.bool_ \
-            or np.ndim(value) != 0 or np.iscomplexobj(value):
+    """``value`` (a Python, NumPy or JAX scalar) as a Python int or float; a bool, a string, a
+    complex number or an array is a ``ValueError``."""
+    arr = np.asarray(value)
+    if arr.ndim or arr.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be a real number, got {value!r}")
-    try:
-        if isinstance(value, (int, np.integer)) or np.issubdtype(getattr(value, "dtype", float),
-                                                                 np.integer):
-            return int(value)
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    return int(arr) if arr.dtype.kind in "iu" else float(arr)
 
 
 def margin(label: str, value: float, threshold: float, above: bool = True) -> None:
@@ -63,8 +59,7 @@ def within(label: str, error: float, tolerance: float) -> None:
     machine, and a check that passes by less than 10x shows its exact factor.
     """
     e, tol = _real("error", error), _real("tolerance", tolerance)
-    if not tol > 0:
-        raise ValueError(f"tolerance must be a number > 0, got {tolerance!r} (label {label!r})")
+    positive_number("tolerance", tol)
     assert 0 <= e < tol, f"{label}: error {e:.2g} is not in [0, {tol:g})"
     factor = tol / e if e > 0 else math.inf
     below = "more than 10x" if factor > 10 else f"{factor:.1f}x"
