@@ -149,6 +149,22 @@ def count_params(model: nnx.Module) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
+def count_active_params(model: nnx.Module) -> int:
+    """Parameters one token's forward pass multiplies by, counted from a built ``Transformer``'s
+    arrays: ``count_params`` less, in each MoE layer, the ``n_experts - top_k`` routed experts a
+    token does not select; less the embedding table when the output projection is untied (a
+    lookup, not a product); less the MTP module (left out as by ``param_counts``, whose
+    ``active`` it measures instead of deriving)."""
+    n = count_params(model)
+    for layer in model.moe_layers():
+        e = layer.experts
+        per_expert = sum(math.prod(w.shape[1:]) for w in (e.w_gate, e.w_up, e.w_down))
+        n -= (layer.cfg.n_experts - layer.cfg.top_k) * per_expert
+    if not model.cfg.tie_embeddings:
+        n -= math.prod(model.embed.shape)
+    return n - (0 if model.mtp is None else count_params(model.mtp))
+
+
 def attention_flops_per_token(cfg: ModelConfig, context_len: int) -> int:
     """FLOPs of the score and value matmuls for one new token that sees ``context_len`` keys.
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from minimoe.accounting import (attention_flops_per_token, flops_per_token, matmul_flops,
-                                param_counts)
+from minimoe.accounting import (attention_flops_per_token, count_active_params, flops_per_token,
+                                matmul_flops, param_counts)
 from minimoe.config import ModelConfig, MoEConfig
 from minimoe.long_context import kv_cache
 from minimoe.long_context.mla import MLAttention, mla_decode_flops_per_token
@@ -129,4 +129,21 @@ def test_param_counts_match_built_models():
         model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
         arrays = jax.tree.leaves(nnx.state(model, nnx.Param))
         assert param_counts(cfg)["total"] == sum(a.size for a in arrays), cfg
-    # (the active count is checked through flops_per_token, against the matmuls a token runs)
+    # (the active count is also checked through flops_per_token, against the matmuls a token runs)
+
+
+@pytest.mark.parametrize("cfg", [
+    BASE,
+    BASE.replace(tie_embeddings=False),
+    BASE.replace(moe=MoEConfig(n_experts=4, top_k=2, d_expert=8, n_shared_experts=1,
+                               router="deepseek_v3"), first_k_dense=1),
+    BASE.replace(moe=MoEConfig(n_experts=8, top_k=1, d_expert=4), tie_embeddings=False),
+    BASE.replace(moe=MoEConfig(n_experts=4, top_k=2, d_expert=8, router="deepseek_v4"),
+                 hc_mult=2, num_hash_layers=1, num_nextn_predict_layers=1),
+], ids=["dense-tied", "dense-untied", "moe-shared-first-dense", "moe-top1-untied", "v4-mhc-hash-mtp"])
+def test_active_params_counted_from_the_arrays_match_the_formula(cfg):
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    counts = param_counts(cfg)
+    assert count_active_params(model) == counts["active"]
+    if cfg.moe is not None:  # the unselected experts really are left out
+        assert count_active_params(model) < counts["total"]
