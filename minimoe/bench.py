@@ -20,7 +20,7 @@ training step (forward, backward, AdamW) of a small MoE language model against i
 twin, where the sort layer's time goes (each piece timed alone: ``breakdown_calls``), and the
 speed targets (``TARGETS``) with the measured value and whether it meets them.
 
-    python -m minimoe.bench                       # table; 3-10 minutes on a 2-core CPU
+    python -m minimoe.bench                       # table; 2-3 minutes on a 2-core CPU
     python -m minimoe.bench --json bench.json     # the same figures as JSON
     python -m minimoe.bench --quick               # a tiny workload (seconds), for CI
     python -m minimoe.bench --strategies sort,onehot --tokens 4096 --repeats 20
